@@ -1,0 +1,84 @@
+"""The challenge's training file: load it with clear errors, and split it reproducibly.
+
+Light on purpose (numpy and scikit-learn only) so every tool can import it quickly.
+"""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from model import IMAGE_SIZE, NUM_CLASSES
+
+HOW_TO_GET_IT = (
+    "Download training_set.npz from the challenge's Codabench page (Files tab) into data/, "
+    "or build one from the shared PBC images: "
+    "python ../shared/data/build_training_set.py data/training_set.npz"
+)
+EXPECTED = f"'images' uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) RGB in [0, 255] and 'labels' (N, 1) or (N,) in 0..{NUM_CLASSES - 1}"
+
+
+class DataError(ValueError):
+    """The training file is missing or not laid out like the challenge's training_set.npz."""
+
+
+def load_training_set(path):
+    """Return (images uint8 (N, 96, 96, 3), labels int64 (N,)) from a challenge-style .npz file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no training file at {path}. {HOW_TO_GET_IT}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"images", "labels"} - set(npz.files)
+            if missing:
+                raise DataError(f"{path} has arrays {sorted(npz.files)} but lacks {sorted(missing)}; expected {EXPECTED}")
+            images, labels = npz["images"], npz["labels"]
+    except DataError:
+        raise
+    except Exception as e:  # not a zip, truncated, pickled objects...
+        raise DataError(f"{path} is not a readable .npz file ({e}); expected {EXPECTED}") from e
+    return validate(images, labels, where=str(path))
+
+
+def validate(images, labels, where="the data"):
+    """Check shapes, dtypes and ranges; return (uint8 images, int64 labels) or raise DataError."""
+    if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise DataError(f"{where}: 'images' has shape {images.shape}; expected {EXPECTED}")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"{where}: 'labels' has shape {labels.shape}; expected {EXPECTED}")
+    if len(labels) != len(images):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; both must have one entry per image")
+    if len(images) == 0:
+        raise DataError(f"{where} holds no images")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        raise DataError(f"{where}: 'labels' has dtype {labels.dtype}; expected integers 0..{NUM_CLASSES - 1}")
+    if np.issubdtype(labels.dtype, np.floating) and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+        raise DataError(f"{where}: 'labels' holds non-integer values; expected integers 0..{NUM_CLASSES - 1} (not one-hot)")
+    bad = (labels < 0) | (labels >= NUM_CLASSES)
+    if bad.any():
+        raise DataError(f"{where}: {bad.sum()} labels outside 0..{NUM_CLASSES - 1} (first at index {np.argmax(bad)}: {labels[bad][0]})")
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+            raise DataError(f"{where}: 'images' has dtype {images.dtype}; expected uint8")
+        if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+            raise DataError(f"{where}: 'images' holds NaN or infinite values; expected uint8 pixels in [0, 255]")
+        if images.min() < 0 or images.max() > 255:
+            raise DataError(f"{where}: 'images' has values in [{images.min()}, {images.max()}]; expected uint8 in [0, 255]")
+        images = np.round(images).astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+def fingerprint(images, labels):
+    """A short hash that tells whether a saved split belongs to this data."""
+    h = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
+    h.update(np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes())
+    return f"{len(labels)}-{h.hexdigest()[:16]}"
+
+
+def stratified_split(indices, labels, fraction, seed):
+    """Split `indices` in two, keeping each class's share; the same seed gives the same split."""
+    indices = np.asarray(indices)
+    rest, held = train_test_split(indices, test_size=fraction, stratify=labels[indices], random_state=seed)
+    return np.sort(rest), np.sort(held)

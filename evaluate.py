@@ -1,0 +1,478 @@
+"""Score a trained network on its held-out images, and preview how it copes with corrupted ones.
+
+    python evaluate.py --data data/training_set.npz --weights weights --out reports [--seed 0] [--limit N]
+
+The challenge's final test set was "modified" in ways never disclosed, and models that scored
+0.97-0.99 locally fell to 0.2-0.7 there. So besides the clean score this runs the held-out images
+through a suite of corruptions such a modification may carry (noise, blur, JPEG, colour and
+geometry changes, occlusion, pixelation), each at three severities, plus a "mixed" set where every
+image gets two or three of them at once. Everything is deterministic given --seed, so two runs,
+or two networks, compare.
+
+Writes into --out (all atomically): evaluation.json, confusion_matrix.png, misclassified.png,
+robustness_samples.png and robustness.png; prints a table. The held-out images come from the
+split.json that train.py wrote beside the weights; evaluate refuses data that split wasn't made for.
+"""
+import argparse
+import io
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would otherwise ask PyPI for news on import
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the table
+
+import albumentations as A
+import cv2
+import matplotlib
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+import data
+import model
+
+SEVERITIES = (1, 2, 3)  # 1 mild, 3 strong but the cell still recognisable by a person
+QUICK_LIMIT = 300  # images per corruption in --quick mode
+
+# -----------------------------------------------------------------------------
+# Corruptions. Each is f(images uint8 (n, 96, 96, 3), severity, rng) -> uint8 of the same shape.
+# The pixel work is albumentations' (a well-tested library, and not the keras-cv layers training
+# augments with, so the suite is not simply the training distribution again); numpy only picks the
+# per-image directions (darker or brighter, which way to shift) and seeds the library.
+# Geometric ones fill with black, the default of OpenCV, PIL and torchvision.
+
+
+def _apply(images, transforms, rng):
+    """Run each image through one of `transforms` (picked at random per image), seeded from rng."""
+    pipelines = [A.Compose([t], seed=int(rng.integers(2**31))) for t in transforms]
+    choice = rng.integers(len(pipelines), size=len(images))
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        out[i] = pipelines[choice[i]](image=image)["image"]
+    return out
+
+
+def _level(severity, levels):
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {SEVERITIES}, not {severity!r}")
+    return levels[severity - 1]
+
+
+def gaussian_noise(images, severity, rng):
+    std = _level(severity, (0.04, 0.08, 0.12))  # fraction of 255: about 10, 20, 31 grey levels
+    return _apply(images, [A.GaussNoise(std_range=(std, std), p=1)], rng)
+
+
+def gaussian_blur(images, severity, rng):
+    sigma = _level(severity, (0.7, 1.1, 1.6))  # pixels, at 96x96
+    return _apply(images, [A.GaussianBlur(blur_limit=0, sigma_limit=(sigma, sigma), p=1)], rng)
+
+
+def motion_blur(images, severity, rng):
+    k = _level(severity, (5, 7, 9))  # kernel length in pixels, random angle
+    return _apply(images, [A.MotionBlur(blur_limit=(k, k), allow_shifted=False, p=1)], rng)
+
+
+def jpeg(images, severity, rng):
+    q = _level(severity, (35, 20, 10))
+    return _apply(images, [A.ImageCompression(quality_range=(q, q), p=1)], rng)
+
+
+def brightness(images, severity, rng):
+    b = _level(severity, (0.1, 0.2, 0.3))  # fraction of 255 added, darker or brighter
+    return _apply(images, [A.RandomBrightnessContrast(brightness_limit=(s, s), contrast_limit=(0, 0), p=1)
+                           for s in (b, -b)], rng)
+
+
+def contrast(images, severity, rng):
+    low, high = _level(severity, ((0.7, 1.25), (0.5, 1.5), (0.35, 1.8)))  # flatter or harsher, about the mean grey
+    return _apply(images, [A.ColorJitter(brightness=(1, 1), contrast=(c, c), saturation=(1, 1), hue=(0, 0), p=1)
+                           for c in (low, high)], rng)
+
+
+def saturation(images, severity, rng):
+    low, high = _level(severity, ((0.6, 1.6), (0.35, 2.2), (0.15, 3.0)))  # duller or more vivid
+    return _apply(images, [A.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(s, s), hue=(0, 0), p=1)
+                           for s in (low, high)], rng)
+
+
+def hue(images, severity, rng):
+    h = _level(severity, (0.03, 0.07, 0.12))  # fraction of the colour wheel: about 11, 25, 43 degrees
+    return _apply(images, [A.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(1, 1), hue=(s, s), p=1)
+                           for s in (h, -h)], rng)
+
+
+def colour_cast(images, severity, rng):
+    m = _level(severity, (20, 35, 55))  # grey levels pushed toward red, green, blue, cyan, magenta or yellow
+    casts = [(1, -0.5, -0.5), (-0.5, 1, -0.5), (-0.5, -0.5, 1), (-1, 0.5, 0.5), (0.5, -1, 0.5), (0.5, 0.5, -1)]
+    return _apply(images, [A.RGBShift(r_shift_limit=(m * r, m * r), g_shift_limit=(m * g, m * g),
+                                      b_shift_limit=(m * b, m * b), p=1) for r, g, b in casts], rng)
+
+
+def grayscale(images, severity, rng):
+    amount = _level(severity, (0.5, 0.8, 1.0))  # how far toward gray: a faded stain, then none
+    gray = _apply(images, [A.ToGray(p=1)], rng).astype(np.float32)
+    return np.round(amount * gray + (1 - amount) * images).astype(np.uint8)
+
+
+def rotation(images, severity, rng):
+    d = _level(severity, (15, 30, 45))  # degrees, either way
+    return _apply(images, [A.Rotate(limit=(a, a), border_mode=cv2.BORDER_CONSTANT, fill=0, p=1)
+                           for a in (d, -d)], rng)
+
+
+def flip(images, severity, rng):
+    # lossless, so the "severity" is just which flip: mirror, upside down, across the diagonal
+    t = _level(severity, (A.HorizontalFlip, A.VerticalFlip, A.Transpose))
+    return _apply(images, [t(p=1)], rng)
+
+
+def shift(images, severity, rng):
+    f = _level(severity, (0.08, 0.15, 0.22))  # fraction of the side, in one of 8 directions
+    moves = [(x, y) for x in (-f, 0, f) for y in (-f, 0, f) if (x, y) != (0, 0)]
+    return _apply(images, [A.Affine(translate_percent={"x": (x, x), "y": (y, y)}, border_mode=cv2.BORDER_CONSTANT,
+                                    fill=0, p=1) for x, y in moves], rng)
+
+
+def zoom(images, severity, rng):
+    z = _level(severity, (1.15, 1.3, 1.5))  # in (edges cropped) or out (black frame)
+    return _apply(images, [A.Affine(scale=(s, s), border_mode=cv2.BORDER_CONSTANT, fill=0, p=1)
+                           for s in (z, 1 / z)], rng)
+
+
+def occlusion(images, severity, rng):
+    n, side = _level(severity, ((1, 16), (2, 22), (3, 28)))  # black squares, side in pixels
+    return _apply(images, [A.CoarseDropout(num_holes_range=(n, n), hole_height_range=(side, side),
+                                           hole_width_range=(side, side), fill=0, p=1)], rng)
+
+
+def pixelate(images, severity, rng):
+    scale = _level(severity, (0.5, 0.375, 0.3))  # down to 48, 36, 29 pixels, then blown up blocky
+    return _apply(images, [A.Downscale(scale_range=(scale, scale), p=1, interpolation_pair={
+        "downscale": cv2.INTER_AREA, "upscale": cv2.INTER_NEAREST})], rng)
+
+
+CORRUPTIONS = {f.__name__: f for f in (
+    gaussian_noise, gaussian_blur, motion_blur, jpeg, brightness, contrast, saturation, hue, colour_cast,
+    grayscale, rotation, flip, shift, zoom, occlusion, pixelate)}
+
+
+def corrupt(images, name, severity, seed=0):
+    """images uint8 (n, 96, 96, 3) under corruption `name` at `severity`; the same seed gives the same result."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images of shape (n, 96, 96, 3), got {images.dtype} {images.shape}")
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), severity])  # one stream per (seed, name, severity)
+    return CORRUPTIONS[name](images, severity, rng)
+
+
+def mixed_recipes(n, seed=0):
+    """For each of n images, 2 or 3 different corruptions at random severities: [(name, severity, seed), ...]."""
+    rng = np.random.default_rng([seed, zlib.crc32(b"mixed")])
+    names = list(CORRUPTIONS)
+    recipes = []
+    for _ in range(n):
+        picked = rng.choice(len(names), size=int(rng.integers(2, 4)), replace=False)
+        recipes.append([(names[j], int(rng.integers(1, len(SEVERITIES) + 1)), int(rng.integers(2**31))) for j in picked])
+    return recipes
+
+
+def mixed(images, seed=0):
+    """Each image under its own 2 or 3 corruptions (see mixed_recipes), applied in turn."""
+    out = np.array(images, copy=True)
+    for i, recipe in enumerate(mixed_recipes(len(out), seed)):
+        for name, severity, step_seed in recipe:
+            out[i:i + 1] = corrupt(out[i:i + 1], name, severity, step_seed)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# The held-out images: exactly the ones train.py set aside, or nothing.
+
+
+class SplitError(Exception):
+    """The weights folder has no usable split for this data."""
+
+
+def load_holdout(data_path, weights_dir):
+    """Return (images, labels, held-out indices, split dict) or raise SplitError / data.DataError saying why."""
+    images, labels = data.load_training_set(data_path)
+    split_path = Path(weights_dir) / "split.json"
+    if not split_path.is_file():
+        raise SplitError(f"no split.json in {weights_dir}: train.py writes it beside the weights. Without it the "
+                         "held-out images are unknown, and scoring on training images would overstate accuracy")
+    try:
+        split = json.loads(split_path.read_text())
+    except (OSError, ValueError) as e:
+        raise SplitError(f"{split_path} is not readable JSON ({e})") from e
+    if not isinstance(split, dict) or "fingerprint" not in split or "holdout" not in split:
+        raise SplitError(f"{split_path} lacks 'fingerprint' or 'holdout'; rerun train.py to write a complete split")
+    found = data.fingerprint(images, labels)
+    if split["fingerprint"] != found:
+        raise SplitError(f"{split_path} was made for data with fingerprint {split['fingerprint']}, but {data_path} "
+                         f"has {found}: evaluate on the file the network was trained with (or retrain on this one)")
+    try:
+        held = np.asarray(split["holdout"], dtype=np.int64)
+        train = np.asarray(split.get("train", []), dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise SplitError(f"{split_path}: 'holdout' and 'train' must be lists of image indices ({e})") from e
+    if held.ndim != 1 or len(held) == 0:
+        raise SplitError(f"{split_path} has an empty held-out list; nothing to score")
+    if held.min() < 0 or held.max() >= len(labels) or len(np.unique(held)) != len(held):
+        raise SplitError(f"{split_path}: held-out indices must be distinct and within 0..{len(labels) - 1}")
+    leaked = np.intersect1d(held, train)
+    if len(leaked):
+        raise SplitError(f"{split_path}: {len(leaked)} held-out images are also in 'train'; the score would be meaningless")
+    return images[held], labels[held], held, split
+
+
+# -----------------------------------------------------------------------------
+# Scoring
+
+
+def score(true, predicted):
+    """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix (rows true, columns predicted)."""
+    classes = list(range(model.NUM_CLASSES))
+    precision, recall, f1, support = precision_recall_fscore_support(true, predicted, labels=classes, zero_division=0)
+    cm = confusion_matrix(true, predicted, labels=classes)
+    return {
+        "accuracy": float(np.mean(true == predicted)),
+        "macro_f1": float(f1_score(true, predicted, labels=classes, average="macro", zero_division=0)),
+        "per_class": {name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                             "support": int(support[c])} for c, name in enumerate(model.CLASS_NAMES)},
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def robustness(net, images, labels, clean_predicted, seed, severities=SEVERITIES, names=None):
+    """Accuracy under each corruption at each severity, their mean, and the mixed set's accuracy."""
+    names = list(names or CORRUPTIONS)
+    result = {"images": len(images), "severities": list(severities), "seed": seed,
+              "clean_accuracy": float(np.mean(clean_predicted == labels)), "corruptions": {}}
+    for name in names:
+        started, accs = time.time(), {}
+        for s in severities:
+            accs[str(s)] = float(np.mean(net.predict(corrupt(images, name, s, seed)) == labels))
+        accs["mean"] = float(np.mean([accs[str(s)] for s in severities]))
+        result["corruptions"][name] = accs
+        print(f"  {name:<15} " + "  ".join(f"{accs[str(s)]:.3f}" for s in severities)
+              + f"   ({time.time() - started:.0f} s)", flush=True)  # progress: the full suite takes a while
+    result["mean_accuracy"] = float(np.mean([a[str(s)] for a in result["corruptions"].values() for s in severities]))
+    result["mixed_accuracy"] = float(np.mean(net.predict(mixed(images, seed)) == labels))
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Output: written atomically, so a reader sees the old file or the new one, never half of one
+
+
+def write_atomic(path, payload):
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def save_figure(fig, path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def plot_confusion(cm, accuracy, path):
+    cm = np.asarray(cm)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # shade by share of the true class, so rare classes show
+    fig, ax = plt.subplots(figsize=(8.5, 7.5))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=10,
+                    color="white" if rates[i, j] > 0.55 else "black")
+    ticks = range(len(model.CLASS_NAMES))
+    ax.set_xticks(ticks, model.CLASS_NAMES, rotation=35, ha="right")
+    ax.set_yticks(ticks, model.CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"held-out confusion matrix: {cm.sum()} images, accuracy {accuracy:.3f}\n"
+                 "(counts; shading = share of the true class's images)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of row")
+    save_figure(fig, path)
+
+
+def plot_misclassified(images, true, predicted, confidence, held_out, path, max_images=40, columns=8):
+    """The held-out mistakes, the most confident first: label noise and systematic confusions show up here."""
+    order = np.argsort(-confidence)[:max_images]
+    rows = max(1, -(-len(order) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.55, rows * 1.9 + 0.4), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order):
+        ax.imshow(images[i])
+        ax.set_title(f"true {model.CLASS_NAMES[true[i]]}\npred {model.CLASS_NAMES[predicted[i]]} {confidence[i]:.2f}",
+                     fontsize=7.5)
+    if len(order) == 0:
+        axes[0, 0].text(0, 0.5, "no misclassified held-out images", fontsize=12)
+    fig.suptitle(f"{len(true)} of {held_out} held-out images misclassified; the {len(order)} most confident mistakes "
+                 "(pred = predicted class and its probability)", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_samples(image, seed, severities, names, path):
+    """One held-out image under every corruption at every severity, and three mixed versions."""
+    rows = [("clean", [("", image)])]
+    for name in names:
+        rows.append((name, [(f"severity {s}", corrupt(image[None], name, s, seed)[0]) for s in severities]))
+    many = mixed(np.repeat(image[None], len(severities), axis=0), seed)
+    recipes = mixed_recipes(len(severities), seed)
+    rows.append(("mixed", [("\n".join(f"{n} {s}" for n, s, _ in r), m) for r, m in zip(recipes, many)]))
+    half = -(-len(rows) // 2)  # two blocks side by side keep the picture readable
+    columns = len(severities)
+    fig, axes = plt.subplots(half, 2 * columns, figsize=(2 * columns * 1.45, half * 1.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (name, tiles) in enumerate(rows):
+        block, row = divmod(r, half)
+        for c, (title, tile) in enumerate(tiles):
+            ax = axes[row, block * columns + c]
+            ax.imshow(tile)
+            ax.set_title(title, fontsize=6.5 if "\n" in title else 8)
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, block * columns].set_ylabel(name, fontsize=9)
+    fig.suptitle(f"robustness suite on one held-out image (seed {seed})", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_robustness(result, path):
+    """Grouped bars, one group per corruption (worst mean first), the mixed set and a line at the clean accuracy."""
+    severities = result["severities"]
+    names = sorted(result["corruptions"], key=lambda n: result["corruptions"][n]["mean"])
+    height = 0.8 / len(severities)
+    colours = plt.cm.Blues(np.linspace(0.35, 0.9, len(severities)))
+    rows = len(names) + 2
+    fig, ax = plt.subplots(figsize=(9, 0.4 * rows + 1.6), layout="constrained")
+    ys = np.arange(2, rows)  # rows 0 and 1 (the top, once inverted) hold the suite's mean and the mixed set
+    for k, s in enumerate(severities):
+        ax.barh(ys + (k - (len(severities) - 1) / 2) * height, [result["corruptions"][n][str(s)] for n in names],
+                height, color=colours[k], label=f"severity {s}")
+    for y, n in zip(ys, names):
+        ax.text(1.01, y, f"mean {result['corruptions'][n]['mean']:.3f}", transform=ax.get_yaxis_transform(),
+                va="center", fontsize=8, color="dimgrey")  # right of the axes, clear of the bars
+    ax.barh([0], [result["mean_accuracy"]], 0.6, color="grey", label="mean over the suite")
+    ax.barh([1], [result["mixed_accuracy"]], 0.6, color="darkorange", label="mixed (2-3 random corruptions)")
+    for y, v in ((0, result["mean_accuracy"]), (1, result["mixed_accuracy"])):
+        ax.text(v + 0.01, y, f"{v:.3f}", va="center", fontsize=8)
+    ax.axvline(result["clean_accuracy"], color="crimson", linestyle="--", label=f"clean {result['clean_accuracy']:.3f}")
+    ax.axvline(1 / model.NUM_CLASSES, color="black", linestyle=":", linewidth=1, label="1/8 (uniform guess)")
+    ax.set_yticks(range(rows), ["mean", "mixed"] + names)
+    ax.set_ylim(rows - 0.5, -0.5)  # top to bottom
+    ax.axhline(1.5, color="black", linewidth=0.5)
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("accuracy on corrupted held-out images")
+    ax.set_title(f"robustness preview: {result['images']} held-out images per corruption, seed {result['seed']}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    save_figure(fig, path)
+
+
+def format_table(report):
+    """The scores as plain text for the terminal (and the README)."""
+    lines = [f"held-out images: {report['held_out']}   accuracy {report['accuracy']:.4f}   macro F1 {report['macro_f1']:.4f}",
+             "",
+             f"{'class':<22}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}"]
+    for name, m in report["per_class"].items():
+        lines.append(f"{name:<22}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['support']:>9d}")
+    r = report.get("robustness")
+    if r:
+        sevs = r["severities"]
+        lines += ["", f"robustness: accuracy on {r['images']} held-out images (clean {r['clean_accuracy']:.3f})",
+                  f"{'corruption':<22}" + "".join(f"{'sev ' + str(s):>8}" for s in sevs) + f"{'mean':>8}"]
+        for name, a in r["corruptions"].items():
+            lines.append(f"{name:<22}" + "".join(f"{a[str(s)]:>8.3f}" for s in sevs) + f"{a['mean']:>8.3f}")
+        pad = 22 + 8 * len(sevs)
+        lines += [f"{'mean over the suite':<{pad}}{r['mean_accuracy']:>8.3f}",
+                  f"{'mixed (2-3 corruptions)':<{pad}}{r['mixed_accuracy']:>8.3f}"]
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/training_set.npz", help="the training file the split was made from")
+    parser.add_argument("--weights", default="weights", help="folder with weights*.npz and split.json")
+    parser.add_argument("--out", default="reports", help="folder for evaluation.json and the pictures")
+    parser.add_argument("--seed", type=int, default=0, help="picks the robustness images and the corruptions")
+    parser.add_argument("--limit", type=int, default=None, help="held-out images per corruption (default: all)")
+    parser.add_argument("--quick", action="store_true", help=f"lighter robustness run: {QUICK_LIMIT} images per corruption")
+    parser.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES), choices=SEVERITIES)
+    parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS), metavar="NAME",
+                        help="a subset of: " + ", ".join(CORRUPTIONS))
+    parser.add_argument("--no-robustness", action="store_true", help="clean score only")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if args.seed < 0:
+        parser.error("--seed must be 0 or more")
+    started = time.time()
+
+    try:
+        images, labels, held, split = load_holdout(args.data, args.weights)
+    except (SplitError, data.DataError) as e:
+        raise SystemExit(f"evaluate.py: {e}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"scoring {len(held)} held-out images of {args.data} with {args.weights}", flush=True)
+
+    # Scored the way Codabench calls the submission: Model() then predict() on the uint8 batch.
+    net = model.Model(args.weights)
+    predicted = net.predict(images)
+    report = {"data": str(args.data), "weights": str(args.weights), "fingerprint": split["fingerprint"],
+              "held_out": int(len(held)), "seed": args.seed, "class_names": list(model.CLASS_NAMES),
+              **score(labels, predicted)}
+    seconds = {"clean": round(time.time() - started, 1)}
+
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = net.predict_proba(images[wrong]).max(axis=1) if len(wrong) else np.zeros(0)
+    plot_confusion(report["confusion_matrix"], report["accuracy"], out / "confusion_matrix.png")
+    plot_misclassified(images[wrong], labels[wrong], predicted[wrong], confidence, len(held), out / "misclassified.png")
+
+    report["robustness"] = None
+    if args.no_robustness:
+        for stale in ("robustness.png", "robustness_samples.png"):  # don't leave an older run's pictures beside this report
+            (out / stale).unlink(missing_ok=True)
+    else:
+        limit = args.limit or (QUICK_LIMIT if args.quick else len(held))
+        pick = np.sort(np.random.default_rng(args.seed).permutation(len(held))[:limit])
+        severities = sorted(set(args.severities))
+        print(f"robustness: {len(args.corruptions)} corruptions x {len(severities)} severities + mixed, "
+              f"{len(pick)} images each", flush=True)
+        t = time.time()
+        report["robustness"] = robustness(net, images[pick], labels[pick], predicted[pick], args.seed,
+                                          severities, args.corruptions)
+        seconds["robustness"] = round(time.time() - t, 1)
+        sample = pick[np.random.default_rng(args.seed).integers(len(pick))]
+        plot_samples(images[sample], args.seed, severities, args.corruptions, out / "robustness_samples.png")
+        plot_robustness(report["robustness"], out / "robustness.png")
+
+    seconds["total"] = round(time.time() - started, 1)
+    report["seconds"] = seconds
+    write_atomic(out / "evaluation.json", (json.dumps(report, indent=2) + "\n").encode())
+    print()
+    print(format_table(report))
+    print(f"\nwrote {out}/evaluation.json and pictures in {seconds['total']:.0f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()

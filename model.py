@@ -1,0 +1,147 @@
+"""The Codabench submission: the scorer imports this file, builds Model() and calls predict(X).
+
+It is uploaded alone beside its weights, so the facts the whole project shares live here and
+the other files import them: the class names, the image size and the network's definition.
+Needs only numpy and TensorFlow/Keras (the scorer ran TensorFlow 2.17.0 with Keras 3.4.1).
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+CLASS_NAMES = ("basophil", "eosinophil", "erythroblast", "immature granulocyte",
+               "lymphocyte", "monocyte", "neutrophil", "platelet")
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SIZE = 96  # the challenge's images are 96x96 RGB, values in [0, 255]
+WEIGHTS_GLOB = "weights*.npz"  # every matching file beside model.py is one network; several are averaged
+BATCH_SIZE = 64  # predict in batches: 10,000 images stay within a few GB even for EfficientNetV2L
+
+# keras.applications backbones we know, each with the module that holds its own preprocess_input
+BACKBONES = {
+    "EfficientNetV2B0": "efficientnet_v2", "EfficientNetV2B1": "efficientnet_v2",
+    "EfficientNetV2B2": "efficientnet_v2", "EfficientNetV2B3": "efficientnet_v2",
+    "EfficientNetV2S": "efficientnet_v2", "EfficientNetV2M": "efficientnet_v2",
+    "EfficientNetV2L": "efficientnet_v2",
+    "ConvNeXtTiny": "convnext", "ConvNeXtSmall": "convnext", "ConvNeXtBase": "convnext",
+    "ConvNeXtLarge": "convnext", "ConvNeXtXLarge": "convnext",
+    "MobileNetV3Small": "mobilenet_v3", "MobileNetV3Large": "mobilenet_v3",
+    "ResNet50": "resnet", "ResNet50V2": "resnet_v2", "VGG19": "vgg19", "VGG16": "vgg16",
+}
+
+
+def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2, backbone_weights=None):
+    """The one definition of the network, for training and for inference.
+
+    Input: (batch, 96, 96, 3) RGB floats in [0, 255]. The backbone's own preprocessing is part of
+    the network, so callers never scale the images. The head is global average pooling, dropout
+    and an 8-way softmax.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
+    x = inputs
+    if input_size != IMAGE_SIZE:
+        x = keras.layers.Resizing(input_size, input_size, name="resize")(x)
+    x = getattr(keras.applications, BACKBONES[backbone]).preprocess_input(x)
+    base = getattr(keras.applications, backbone)(
+        include_top=False, weights=backbone_weights, input_shape=(input_size, input_size, 3))
+    x = base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"blood_cells_{backbone}")
+
+
+def save_network(network, config, path, float16=False):
+    """Write the weights (no optimizer state) and the config that rebuilds them, atomically.
+
+    The file is a plain .npz: it loads under any Keras version that builds the same network.
+    float16 halves the size; arrays that would overflow it stay float32.
+    """
+    arrays = {"config": np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)}
+    for i, w in enumerate(network.get_weights()):
+        if float16 and w.dtype == np.float32 and np.isfinite(w.astype(np.float16)).all():
+            w = w.astype(np.float16)
+        arrays[f"w{i:04d}"] = w
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+
+def load_network(path):
+    """Rebuild the network its config describes and fill in the saved weights."""
+    with np.load(path, allow_pickle=False) as npz:
+        config = json.loads(npz["config"].tobytes())
+        weights = [npz[f"w{i:04d}"].astype(np.float32) for i in range(len(npz.files) - 1)]
+    network = build_network(**config)
+    expected = [tuple(w.shape) for w in network.weights]
+    if [w.shape for w in weights] != expected:
+        raise ValueError(f"{path} does not fit the network its config describes ({config}): "
+                         f"{len(weights)} arrays saved, {len(expected)} expected; rebuild it with train.py")
+    network.set_weights(weights)
+    return network, config
+
+
+def as_images(X):
+    """Check X and return it as float32 (n, 96, 96, 3) in [0, 255], or raise ValueError saying why.
+
+    Accepted beyond the scorer's uint8/float RGB batch: a Python list, grayscale images
+    (n, 96, 96) or (n, 96, 96, 1), copied to three channels, and floats in [0, 1] (every value
+    at most 1), multiplied by 255. Values outside [0, 255] are clipped. Other sizes are refused:
+    resize them to 96x96 first, as the training images were.
+    """
+    X = np.asarray(X)
+    if X.dtype == bool or not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"X has dtype {X.dtype}; expected numbers (uint8 or float) of shape (n, 96, 96, 3)")
+    if X.ndim == 3 and X.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE):
+        X = X[..., None]
+    if X.ndim != 4:
+        raise ValueError(f"X has shape {X.shape}; expected a batch of shape (n, 96, 96, 3)")
+    if X.shape[-1] == 1:
+        X = np.repeat(X, 3, axis=-1)
+    if X.shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE) or X.shape[3] != 3:
+        hint = " (channels first? use X.transpose(0, 2, 3, 1))" if X.shape[1] in (1, 3) else ""
+        hint = " (RGBA? use X[..., :3])" if X.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 4) else hint
+        raise ValueError(f"X has shape {X.shape}; expected (n, 96, 96, 3) RGB{hint}. "
+                         "Resize other sizes to 96x96 first")
+    was_float = np.issubdtype(X.dtype, np.floating)
+    X = X.astype(np.float32)
+    if not np.isfinite(X).all():
+        raise ValueError(f"X holds {np.size(X) - np.isfinite(X).sum()} NaN or infinite values; expected pixels in [0, 255]")
+    if was_float and X.size and X.max() <= 1.0:
+        X = X * 255.0  # a [0, 1] float batch: the common mistake, scaled back to the training range
+    return np.clip(X, 0.0, 255.0)
+
+
+class Model:
+    """What Codabench calls: Model() loads the weights beside this file, predict(X) gives labels."""
+
+    def __init__(self, weights_dir=None):
+        folder = Path(weights_dir) if weights_dir else Path(__file__).resolve().parent
+        files = sorted(folder.glob(WEIGHTS_GLOB))
+        if not files:
+            raise FileNotFoundError(f"no {WEIGHTS_GLOB} in {folder}: put the weights train.py wrote beside model.py")
+        self.networks = [load_network(f)[0] for f in files]
+        spec = [tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)]
+        self._forward = [tf.function(lambda x, n=n: n(x, training=False), input_signature=spec)
+                         for n in self.networks]
+
+    def predict_proba(self, X):
+        """Class probabilities (n, 8), averaged over the bundled networks."""
+        X = as_images(X)
+        probs = np.zeros((len(X), NUM_CLASSES), np.float32)
+        for start in range(0, len(X), BATCH_SIZE):
+            batch = tf.constant(X[start:start + BATCH_SIZE])
+            probs[start:start + BATCH_SIZE] = np.mean([f(batch).numpy() for f in self._forward], axis=0)
+        return probs
+
+    def predict(self, X):
+        """X: (n, 96, 96, 3) RGB in [0, 255], uint8 or float. Returns integer labels of shape (n,)."""
+        return np.argmax(self.predict_proba(X), axis=1).astype(np.int64)

@@ -1,0 +1,151 @@
+"""Build the Codabench zip and prove it runs the way the scorer runs it.
+
+    python submission.py --weights weights                     # make submission
+    python submission.py --check submission/submission.zip     # make check-submission
+
+The zip holds model.py and the weights (weights*.npz) at its root and nothing else. Before
+it is moved into place, it is unpacked into an empty folder and a fresh Python process,
+started there with nothing but the installed runtime on its path, imports model.py, builds
+Model() and predicts held-out images as uint8 and as float32. A bundle that fails is never
+written: the previous zip, if any, stays.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+import data
+from model import IMAGE_SIZE, NUM_CLASSES, WEIGHTS_GLOB
+
+ROOT = Path(__file__).resolve().parent
+
+# What the scorer does, run in the unpacked folder by a fresh interpreter (python -I: no
+# PYTHONPATH, no user site-packages, not even this project on the path).
+SCORER = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, ".")
+X = np.load(sys.argv[1])
+t0 = time.time()
+from model import Model
+model = Model()
+t1 = time.time()
+as_uint8 = model.predict(X)
+t2 = time.time()
+as_float = model.predict(X.astype(np.float32))
+print(json.dumps({"load_seconds": t1 - t0, "predict_seconds": t2 - t1, "type": type(as_uint8).__name__,
+                  "shape": list(np.shape(as_uint8)), "dtype": str(np.asarray(as_uint8).dtype),
+                  "labels": np.asarray(as_uint8).tolist(), "float_labels": np.asarray(as_float).tolist()}))
+"""
+
+
+class BundleError(Exception):
+    """The zip does not load or does not answer the way Codabench expects."""
+
+
+def check_images(data_path, weights_dir, n):
+    """Up to n held-out images and labels when the data and split are at hand, else noise images."""
+    split_path = Path(weights_dir) / "split.json"
+    if data_path and Path(data_path).is_file() and split_path.is_file():
+        images, labels = data.load_training_set(data_path)
+        split = json.loads(split_path.read_text())
+        if split["fingerprint"] == data.fingerprint(images, labels):
+            held = np.array(split["holdout"][:n], dtype=np.int64)
+            return images[held], labels[held]
+        print(f"note: {split_path} belongs to other data than {data_path}; checking on noise images")
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(min(n, 16), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8), None
+
+
+def check_bundle(zip_path, images, labels=None):
+    """Unpack zip_path into an empty folder and score it there in a fresh process; return its report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, inputs = Path(tmp) / "submission", Path(tmp) / "X.npy"
+        with zipfile.ZipFile(zip_path) as z:
+            z.extractall(folder)
+        np.save(inputs, images)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        run = subprocess.run([sys.executable, "-I", "-c", SCORER, str(inputs)], cwd=folder, env=env,
+                             capture_output=True, text=True)
+    if run.returncode != 0:
+        raise BundleError(f"the scorer's process failed (exit {run.returncode}):\n{run.stderr.strip()[-4000:]}")
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    labels_out = np.array(report.pop("labels"))
+    float_labels = np.array(report.pop("float_labels"))
+    problems = []
+    if report["type"] != "ndarray":
+        problems.append(f"predict returned a {report['type']}, not a numpy array")
+    if report["shape"] != [len(images)]:
+        problems.append(f"predict returned shape {tuple(report['shape'])}, expected ({len(images)},): labels, not one-hot")
+    elif not np.issubdtype(labels_out.dtype, np.integer) or labels_out.min() < 0 or labels_out.max() >= NUM_CLASSES:
+        problems.append(f"predict returned {report['dtype']} values outside the integer labels 0..{NUM_CLASSES - 1}")
+    elif not np.array_equal(labels_out, float_labels):
+        problems.append("uint8 and float32 copies of the same images got different labels")
+    if problems:
+        raise BundleError("; ".join(problems))
+    if labels is not None:
+        report["accuracy"] = float(np.mean(labels_out == labels))
+    report["images"] = len(images)
+    return report
+
+
+def build_bundle(weights_dir, out, images, labels=None):
+    """Zip model.py and the weights, check the zip, and only then move it to out."""
+    weights = sorted(Path(weights_dir).glob(WEIGHTS_GLOB))
+    if not weights:
+        raise BundleError(f"no {WEIGHTS_GLOB} in {weights_dir}/: train first (make train), "
+                          "or point WEIGHTS= at the folder train.py wrote")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(ROOT / "model.py", "model.py")
+            for w in weights:
+                z.write(w, w.name)
+        report = check_bundle(tmp, images, labels)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return report
+
+
+def describe(report):
+    text = (f"loaded in {report['load_seconds']:.1f} s, predicted {report['images']} images in "
+            f"{report['predict_seconds']:.1f} s")
+    if "accuracy" in report:
+        text += f", held-out accuracy {report['accuracy']:.4f}"
+    return text
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="weights", help="folder train.py wrote (weights*.npz, split.json)")
+    p.add_argument("--data", default="data/training_set.npz", help="training file, for held-out images")
+    p.add_argument("--out", default="submission/submission.zip")
+    p.add_argument("--check", metavar="ZIP", help="only check an existing zip")
+    p.add_argument("--images", type=int, default=64, help="held-out images to predict in the check")
+    args = p.parse_args()
+    images, labels = check_images(args.data, args.weights, args.images)
+    try:
+        if args.check:
+            print(f"{args.check}: OK, {describe(check_bundle(args.check, images, labels))}")
+        else:
+            report = build_bundle(args.weights, args.out, images, labels)
+            size = Path(args.out).stat().st_size / 2**20
+            print(f"wrote {args.out} ({size:.1f} MB): {describe(report)}. Upload it on the challenge's "
+                  "Codabench page: My Submissions, then the phase, then submit the zip")
+    except (BundleError, zipfile.BadZipFile, FileNotFoundError) as e:
+        sys.exit(f"submission check failed: {e}")
+
+
+if __name__ == "__main__":
+    main()

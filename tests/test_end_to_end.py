@@ -1,0 +1,93 @@
+"""A user's path: make train PRESET=tiny, make submission, and the scorer's fresh process on the zip."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import submission
+from conftest import ROOT, learnable_images
+
+
+def make(*args):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL")}
+    run = subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+def score_unpacked(zip_path, images, folder):
+    """Unpack the zip into an empty folder and predict there in a fresh interpreter, as Codabench does."""
+    folder.mkdir()
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(folder)
+    np.save(folder.parent / "X.npy", images)
+    code = ("import sys, json, numpy as np; sys.path.insert(0, '.'); import model; "
+            "y = model.Model().predict(np.load(sys.argv[1])); "
+            "print(json.dumps({'type': type(y).__name__, 'dtype': str(y.dtype), 'labels': y.tolist()}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    run = subprocess.run([sys.executable, "-I", "-c", code, str(folder.parent / "X.npy")],
+                         cwd=folder, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def train_and_bundle(data_path, tmp_path):
+    weights, zip_path = tmp_path / "weights", tmp_path / "submission" / "submission.zip"
+    out = make("train", f"DATA={data_path}", "PRESET=tiny", f"WEIGHTS={weights}")
+    assert "held-out images" in out and "wrote" in out
+    out = make("submission", f"DATA={data_path}", f"WEIGHTS={weights}", f"SUBMISSION={zip_path}")
+    assert "held-out accuracy" in out
+    with zipfile.ZipFile(zip_path) as z:
+        assert sorted(z.namelist()) == ["model.py", "weights.npz"]
+    split = json.loads((weights / "split.json").read_text())
+    return zip_path, np.array(split["holdout"]), weights
+
+
+def test_tiny_training_learns_and_its_zip_scores_in_a_fresh_process(learnable_npz, tmp_path):
+    zip_path, holdout, weights = train_and_bundle(learnable_npz, tmp_path)
+    assert (weights / "history.csv").read_text().count("finetune") >= 1
+    images, labels = learnable_images(240, seed=1)  # fresh images of the same classes, never trained on
+    answer = score_unpacked(zip_path, images, tmp_path / "unpacked")
+    assert answer["type"] == "ndarray" and answer["dtype"].startswith("int")
+    accuracy = np.mean(np.array(answer["labels"]) == labels)
+    assert accuracy >= 0.4, f"accuracy {accuracy:.2f} on fresh images; chance is 0.125"
+
+
+def test_a_broken_bundle_is_never_written(tmp_path, learnable_npz):
+    weights, zip_path = tmp_path / "weights", tmp_path / "submission.zip"
+    weights.mkdir()
+    (weights / "weights.npz").write_bytes(b"not a weights file")
+    zip_path.write_bytes(b"the previous zip")
+    images = learnable_images(4)[0]
+    with pytest.raises(submission.BundleError, match="failed"):
+        submission.build_bundle(weights, zip_path, images)
+    assert zip_path.read_bytes() == b"the previous zip"
+    assert list(tmp_path.glob("*.tmp")) == []
+    with pytest.raises(submission.BundleError, match="train first"):
+        submission.build_bundle(tmp_path / "empty", zip_path, images)
+
+
+def test_check_reports_the_scorers_traceback(tmp_path):
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("model.py", "class Model:\n    def __init__(self):\n        raise RuntimeError('boom in init')\n")
+    with pytest.raises(submission.BundleError, match="boom in init"):
+        submission.check_bundle(broken, learnable_images(2)[0])
+
+
+def test_tiny_training_on_real_images(real_npz, tmp_path):
+    zip_path, holdout, weights = train_and_bundle(real_npz, tmp_path)
+    split = json.loads((weights / "split.json").read_text())
+    removed = split["removed"]["outliers"] + split["removed"]["duplicates"]
+    assert len(split["removed"]["outliers"]) > 0  # the file plants outliers: a few hundred images hold some
+    assert not set(removed) & set(split["holdout"] + split["validation"] + split["train"])
+    with np.load(real_npz) as npz:
+        images = npz["images"][holdout]
+    answer = score_unpacked(zip_path, images, tmp_path / "unpacked")
+    labels = np.array(answer["labels"])
+    assert labels.shape == (len(holdout),) and ((labels >= 0) & (labels < 8)).all()
+    # No accuracy bound: a few hundred real cells and a few minutes from random weights learn little.

@@ -1,0 +1,159 @@
+"""evaluate.py on small generated data and a tiny random network: the report adds up, the corruptions
+do what they claim and repeat for a seed, and a split made for other data is refused."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import model  # noqa: E402
+
+N_IMAGES, N_HELD = 48, 16
+
+
+def cell_images(n, seed=0):
+    """Blood-smear-like pictures: a light pink field, a textured purple disc somewhere near the middle."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:model.IMAGE_SIZE, :model.IMAGE_SIZE]
+    images = np.empty((n, model.IMAGE_SIZE, model.IMAGE_SIZE, 3), np.uint8)
+    for i in range(n):
+        cy, cx = rng.integers(35, 61, size=2)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(10, 25) ** 2)[..., None]
+        field = np.array([235, 215, 200]) + rng.normal(0, 6, (model.IMAGE_SIZE, model.IMAGE_SIZE, 3))
+        cell = np.array([110, 60, 150]) + rng.normal(0, 25, (model.IMAGE_SIZE, model.IMAGE_SIZE, 3))
+        images[i] = np.clip(np.where(disc, cell, field), 0, 255).astype(np.uint8)
+    return images
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A data file, a weights folder (tiny random EfficientNetV2B0 + split.json) and one evaluate run."""
+    root = tmp_path_factory.mktemp("evaluate")
+    images = cell_images(N_IMAGES)
+    labels = np.arange(N_IMAGES) % model.NUM_CLASSES
+    data_path = root / "data.npz"
+    np.savez(data_path, images=images, labels=labels.astype(np.uint8)[:, None])
+    weights = root / "weights"
+    weights.mkdir()
+    config = {"backbone": "EfficientNetV2B0", "input_size": 96, "dropout": 0.2}
+    model.save_network(model.build_network(**config), config, weights / "weights.npz")
+    held = np.arange(0, N_IMAGES, N_IMAGES // N_HELD)
+    split = {"fingerprint": data.fingerprint(images, labels), "holdout": held.tolist(),
+             "train": sorted(set(range(N_IMAGES)) - set(held.tolist())), "validation": [], "seed": 0}
+    (weights / "split.json").write_text(json.dumps(split))
+    out = root / "reports"
+    report = evaluate.main(["--data", str(data_path), "--weights", str(weights), "--out", str(out), "--limit", "8",
+                            "--corruptions", "gaussian_noise", "flip", "--severities", "1", "3"])
+    return {"root": root, "data": data_path, "weights": weights, "split": split, "out": out, "report": report,
+            "labels": labels, "held": held}
+
+
+def test_report_accuracy_is_the_confusion_matrix_trace(evaluated):
+    saved = json.loads((evaluated["out"] / "evaluation.json").read_text())
+    cm = np.array(saved["confusion_matrix"])
+    assert cm.shape == (model.NUM_CLASSES, model.NUM_CLASSES)
+    assert cm.sum() == saved["held_out"] == N_HELD
+    assert saved["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    # rows are the true classes: each row holds that class's held-out images
+    true_counts = np.bincount(evaluated["labels"][evaluated["held"]], minlength=model.NUM_CLASSES)
+    assert cm.sum(axis=1).tolist() == true_counts.tolist()
+    assert [saved["per_class"][n]["support"] for n in model.CLASS_NAMES] == true_counts.tolist()
+    assert saved["macro_f1"] == pytest.approx(np.mean([saved["per_class"][n]["f1"] for n in model.CLASS_NAMES]))
+
+
+def test_report_holds_the_robustness_run_and_pictures(evaluated):
+    r = json.loads((evaluated["out"] / "evaluation.json").read_text())["robustness"]
+    assert r["images"] == 8 and r["severities"] == [1, 3]
+    assert set(r["corruptions"]) == {"gaussian_noise", "flip"}
+    accs = [r["corruptions"][n][str(s)] for n in r["corruptions"] for s in (1, 3)]
+    assert r["mean_accuracy"] == pytest.approx(np.mean(accs))
+    assert all(a * 8 == round(a * 8) for a in accs + [r["mixed_accuracy"], r["clean_accuracy"]])  # counts out of 8
+    for name in ("confusion_matrix", "misclassified", "robustness_samples", "robustness"):
+        assert (evaluated["out"] / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(evaluated["out"].glob("*.tmp"))  # every temp file was moved into place
+
+
+def test_scores_match_a_direct_prediction(evaluated):
+    # the clean score is the one Codabench would give: Model(weights).predict on the uint8 held-out batch
+    images, labels = data.load_training_set(evaluated["data"])
+    predicted = model.Model(evaluated["weights"]).predict(images[evaluated["held"]])
+    expected = evaluate.score(labels[evaluated["held"]], predicted)
+    assert evaluated["report"]["confusion_matrix"] == expected["confusion_matrix"]
+
+
+@pytest.mark.parametrize("severity", evaluate.SEVERITIES)
+@pytest.mark.parametrize("name", list(evaluate.CORRUPTIONS))
+def test_each_corruption_changes_images_and_keeps_shape_and_dtype(name, severity):
+    images = cell_images(4, seed=1)
+    before = images.copy()
+    out = evaluate.corrupt(images, name, severity, seed=0)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert np.array_equal(images, before)  # the input is left alone
+    changed = [not np.array_equal(a, b) for a, b in zip(out, images)]
+    assert all(changed), f"{name} at severity {severity} left {changed.count(False)} images unchanged"
+
+
+# flips are lossless: their severities are different flips, not stronger ones
+@pytest.mark.parametrize("name", [n for n in evaluate.CORRUPTIONS if n != "flip"])
+def test_stronger_severity_moves_images_further(name):
+    images = cell_images(6, seed=2).astype(np.float32)
+    distance = [np.abs(evaluate.corrupt(images.astype(np.uint8), name, s, seed=0) - images).mean()
+                for s in evaluate.SEVERITIES]
+    assert distance[0] < distance[-1], f"{name}: mean change {distance}"
+
+
+def test_suite_is_deterministic_for_a_seed():
+    images = cell_images(6, seed=3)
+    for name in evaluate.CORRUPTIONS:
+        for s in evaluate.SEVERITIES:
+            assert np.array_equal(evaluate.corrupt(images, name, s, seed=7), evaluate.corrupt(images, name, s, seed=7)), name
+    assert np.array_equal(evaluate.mixed(images, seed=7), evaluate.mixed(images, seed=7))
+    # and the seed matters where there is randomness to seed
+    assert not np.array_equal(evaluate.corrupt(images, "gaussian_noise", 2, seed=7),
+                              evaluate.corrupt(images, "gaussian_noise", 2, seed=8))
+    assert not np.array_equal(evaluate.mixed(images, seed=7), evaluate.mixed(images, seed=8))
+
+
+def test_mixed_applies_several_corruptions():
+    images = cell_images(12, seed=4)
+    recipes = evaluate.mixed_recipes(len(images), seed=5)
+    assert {len(r) for r in recipes} == {2, 3}
+    for recipe in recipes:
+        assert len({name for name, _, _ in recipe}) == len(recipe)  # different corruptions
+        assert all(name in evaluate.CORRUPTIONS and s in evaluate.SEVERITIES for name, s, _ in recipe)
+    out = evaluate.mixed(images, seed=5)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    for image, result, recipe in zip(images, out, recipes):
+        step = image[None]
+        after_first = evaluate.corrupt(step, *recipe[0])
+        for name, severity, seed in recipe:
+            step = evaluate.corrupt(step, name, severity, seed)
+        assert np.array_equal(step[0], result)  # the whole recipe, in order...
+        assert not np.array_equal(after_first[0], result)  # ...not just its first step
+
+
+def test_refuses_a_split_made_for_other_data(evaluated, tmp_path):
+    images, labels = data.load_training_set(evaluated["data"])
+    labels[0] = (labels[0] + 1) % model.NUM_CLASSES  # one relabelled image is other data
+    other = tmp_path / "other.npz"
+    np.savez(other, images=images, labels=labels)
+    with pytest.raises(SystemExit, match="fingerprint"):
+        evaluate.main(["--data", str(other), "--weights", str(evaluated["weights"]), "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()  # nothing written for a refused run
+
+
+def test_refuses_a_missing_or_leaky_split(evaluated, tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(evaluated["weights"] / "weights.npz", weights)
+    with pytest.raises(SystemExit, match="no split.json"):
+        evaluate.main(["--data", str(evaluated["data"]), "--weights", str(weights), "--out", str(tmp_path / "r")])
+    leaky = dict(evaluated["split"], train=evaluated["split"]["train"] + evaluated["split"]["holdout"][:1])
+    (weights / "split.json").write_text(json.dumps(leaky))
+    with pytest.raises(evaluate.SplitError, match="also in 'train'"):
+        evaluate.load_holdout(evaluated["data"], weights)

@@ -1,0 +1,118 @@
+"""The interface Codabench calls: Model() with no arguments, predict(X) -> integer labels (n,)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import model
+from conftest import ROOT, learnable_images
+
+ARCHITECTURE = {"backbone": "EfficientNetV2B0", "input_size": 96, "dropout": 0.2}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """An unpacked bundle: model.py beside a weights file of a small random network."""
+    folder = tmp_path_factory.mktemp("bundle")
+    shutil.copy(ROOT / "model.py", folder)
+    network = model.build_network(**ARCHITECTURE)
+    model.save_network(network, ARCHITECTURE, folder / "weights.npz")
+    return folder, network
+
+
+@pytest.fixture(scope="module")
+def loaded(bundle):
+    return model.Model(bundle[0])
+
+
+def test_save_and_load_give_the_same_network(bundle):
+    folder, network = bundle
+    loaded, config = model.load_network(folder / "weights.npz")
+    assert config == ARCHITECTURE
+    for a, b in zip(network.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_float16_storage_is_smaller_and_close(bundle, tmp_path):
+    folder, network = bundle
+    model.save_network(network, ARCHITECTURE, tmp_path / "weights.npz", float16=True)
+    assert (tmp_path / "weights.npz").stat().st_size < 0.6 * (folder / "weights.npz").stat().st_size
+    half, _ = model.load_network(tmp_path / "weights.npz")
+    for a, b in zip(network.get_weights(), half.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 70])  # 70 spans two prediction batches
+def test_predict_returns_integer_labels_of_shape_n(loaded, n):
+    images, _ = learnable_images(n) if n else (np.zeros((0, 96, 96, 3), np.uint8), None)
+    labels = loaded.predict(images)
+    assert isinstance(labels, np.ndarray)
+    assert labels.shape == (n,)
+    assert np.issubdtype(labels.dtype, np.integer)
+    assert ((labels >= 0) & (labels < model.NUM_CLASSES)).all()
+
+
+def test_uint8_float32_float64_and_list_give_the_same_labels(loaded):
+    images, _ = learnable_images(12, seed=3)
+    probs = loaded.predict_proba(images)
+    expected = probs.argmax(1)
+    for X in (images.astype(np.float32), images.astype(np.float64), images.tolist()):
+        np.testing.assert_array_equal(loaded.predict(X), expected)
+    # the same images scaled to [0, 1] are recognised and scaled back
+    np.testing.assert_allclose(loaded.predict_proba(images / 255.0), probs, atol=1e-5)
+
+
+def test_grayscale_is_copied_to_three_channels(loaded):
+    images, _ = learnable_images(4)
+    gray = images.mean(-1).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    np.testing.assert_allclose(loaded.predict_proba(gray), loaded.predict_proba(rgb), atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(gray[..., None]), loaded.predict_proba(rgb), atol=1e-6)
+
+
+@pytest.mark.parametrize("X, message", [
+    (np.zeros((2, 3, 96, 96)), "channels first"),
+    (np.zeros((2, 96, 96, 4)), "RGBA"),
+    (np.zeros((2, 64, 64, 3)), "Resize"),
+    (np.zeros((96, 96, 3)), "a batch of shape"),
+    (np.full((1, 96, 96, 3), np.nan), "NaN"),
+    (np.full((1, 96, 96, 3), np.inf), "infinite"),
+    (np.array([["a"] * 3]), "dtype"),
+])
+def test_bad_input_gets_a_clear_value_error(loaded, X, message):
+    with pytest.raises(ValueError, match=message):
+        loaded.predict(X)
+
+
+def test_model_loads_its_weights_from_any_working_directory(bundle, tmp_path):
+    """As the scorer does: import model.py from the unpacked folder while standing elsewhere."""
+    folder, _ = bundle
+    images, _ = learnable_images(3)
+    np.save(tmp_path / "X.npy", images)
+    code = ("import json, sys, numpy as np; sys.path.insert(0, sys.argv[1]); from model import Model; "
+            "y = Model().predict(np.load(sys.argv[2])); print(json.dumps([y.shape, str(y.dtype), y.tolist()]))")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    run = subprocess.run([sys.executable, "-I", "-c", code, str(folder), str(tmp_path / "X.npy")],
+                         cwd=other, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    shape, dtype, labels = json.loads(run.stdout.strip().splitlines()[-1])
+    assert shape == [3] and dtype.startswith("int")
+    assert labels == model.Model(folder).predict(images).tolist()
+
+
+def test_missing_weights_say_where_they_were_looked_for(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        model.Model(tmp_path)
+
+
+def test_weights_of_another_architecture_are_refused(bundle, tmp_path):
+    folder, network = bundle
+    model.save_network(network, {**ARCHITECTURE, "backbone": "MobileNetV3Small"}, tmp_path / "weights.npz")
+    with pytest.raises(ValueError, match="does not fit"):
+        model.Model(tmp_path)

@@ -1,0 +1,110 @@
+"""The recipe's parts: focal loss, freezing, the held-out split, backbone weights, the strategy."""
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+import data
+import model
+import train
+
+
+def test_focal_loss_matches_a_hand_computation():
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1 + list(range(3, 8)) * 2)
+    alpha = train.focal_alpha(labels)
+    counts = np.bincount(labels, minlength=8)
+    np.testing.assert_allclose(alpha, len(labels) / (8 * counts))  # rarer class, larger weight
+
+    network = keras.Sequential([keras.Input((8,)), keras.layers.Softmax()])
+    train.compile_network(network, 1e-4, train.PRESETS["seed"], alpha)
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(8), size=5).astype(np.float32)
+    y = np.eye(8, dtype=np.float32)[[0, 2, 5, 7, 1]]
+    gamma = train.PRESETS["seed"]["focal_gamma"]
+    # FL = -sum_c alpha_c y_c (1 - p_c)^gamma log p_c, averaged over the batch
+    by_hand = np.mean(-np.sum(np.array(alpha) * y * (1 - p) ** gamma * np.log(p), axis=1))
+    assert float(network.loss(y, p)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_unfreezing_trains_exactly_the_top_layers_and_never_batchnorm():
+    network = model.build_network("EfficientNetV2B0")
+    backbone = train.backbone_of(network)
+    backbone.trainable = False
+    assert all(not w.trainable for w in backbone.weights)
+    n = 40
+    train.unfreeze_top(network, n)
+    layers = backbone.layers
+    is_bn = [isinstance(layer, keras.layers.BatchNormalization) for layer in layers]
+    assert sum(is_bn[-n:]) > 0  # the top 40 do hold BatchNorm layers, which must stay frozen
+    for i, layer in enumerate(layers):
+        assert layer.trainable == (i >= len(layers) - n and not is_bn[i]), layer.name
+    assert network.get_layer("probabilities").trainable
+    # from random weights there are no statistics to protect: BatchNorm trains too
+    train.unfreeze_top(network, n, batchnorm=True)
+    assert [layer.trainable for layer in layers] == [i >= len(layers) - n for i in range(len(layers))]
+
+
+def test_held_out_split_is_stratified_disjoint_and_reproducible():
+    labels = np.repeat(np.arange(8), [85, 218, 108, 202, 84, 99, 233, 164])
+    images = np.zeros((len(labels), 96, 96, 3), np.uint8)
+    config = dict(train.PRESETS["seed"])
+    a = train.split_data(images, labels, config, seed=1, keep_outliers=True)[:3]
+    b = train.split_data(images, labels, config, seed=1, keep_outliers=True)[:3]
+    c = train.split_data(images, labels, config, seed=2, keep_outliers=True)[:3]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[2], c[2])
+    train_idx, val_idx, holdout = a
+    assert len(np.intersect1d(train_idx, holdout)) == len(np.intersect1d(val_idx, holdout)) == 0
+    assert len(np.intersect1d(train_idx, val_idx)) == 0
+    assert len(train_idx) + len(val_idx) + len(holdout) == len(labels)
+    expected = np.bincount(labels) * config["holdout"]
+    assert np.all(np.abs(np.bincount(labels[holdout], minlength=8) - expected) <= 1)
+
+
+def test_data_errors_name_the_problem(tmp_path):
+    with pytest.raises(data.DataError, match="build_training_set.py"):
+        data.load_training_set(tmp_path / "absent.npz")
+    np.savez(tmp_path / "bad.npz", pictures=np.zeros((2, 96, 96, 3), np.uint8))
+    with pytest.raises(data.DataError, match="lacks"):
+        data.load_training_set(tmp_path / "bad.npz")
+    cases = [
+        (np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2), "shape"),
+        (np.zeros((2, 96, 96, 3), np.uint8), np.zeros(3), "2 images but 3 labels"),
+        (np.zeros((2, 96, 96, 3), np.uint8), np.array([0, 8]), "outside 0..7"),
+        (np.zeros((2, 96, 96, 3), np.uint8), np.eye(8)[:2], "shape"),
+        (np.full((2, 96, 96, 3), np.nan, np.float32), np.zeros(2), "NaN"),
+        (np.zeros((2, 96, 96, 3), np.uint8), np.array([0.5, 1]), "non-integer"),
+    ]
+    for images, labels, message in cases:
+        with pytest.raises(data.DataError, match=message):
+            data.validate(images, labels)
+
+
+def test_offline_imagenet_download_names_the_offline_options(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
+    config = {**train.PRESETS["tiny"], "backbone_weights": "imagenet"}
+    with pytest.raises(SystemExit, match="--backbone-weights none") as error:
+        train.create_network(config)
+    assert "local" in str(error.value)
+
+
+def test_backbone_weights_from_a_local_file(tmp_path):
+    source = keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(96, 96, 3))
+    path = tmp_path / "backbone.weights.h5"
+    source.save_weights(path)
+    network = train.create_network({**train.PRESETS["tiny"], "backbone_weights": str(path)})
+    for a, b in zip(source.get_weights(), train.backbone_of(network).get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SystemExit, match="no such file"):
+        train.create_network({**train.PRESETS["tiny"], "backbone_weights": str(tmp_path / "absent.h5")})
+
+
+def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_path):
+    config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1}
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    rows = train.train(config, learnable_npz, tmp_path, keep_outliers=True, strategy=strategy)
+    assert [r["phase"] for r in rows] == ["head", "finetune"]
+    assert (tmp_path / "weights.npz").is_file() and (tmp_path / "history.png").is_file()
