@@ -7,6 +7,8 @@ WEIGHTS ?= weights
 SUBMISSION ?= submission/submission.zip
 ARGS ?=
 REPORTS ?= reports
+RESUME ?=
+OVERWRITE ?=
 
 .PHONY: train submission check-submission evaluate outliers eda test clean
 
@@ -18,7 +20,7 @@ REPORTS ?= reports
 	touch $@
 
 train: .venv/installed
-	$(PY) train.py --data $(DATA) --preset $(PRESET) --out $(WEIGHTS) $(ARGS)
+	$(PY) train.py --data $(DATA) --preset $(PRESET) --out $(WEIGHTS) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite) $(ARGS)
 
 submission: .venv/installed
 	$(PY) submission.py --weights $(WEIGHTS) --data $(DATA) --out $(SUBMISSION)

@@ -3,6 +3,8 @@
 Light on purpose (numpy and scikit-learn only) so every tool can import it quickly.
 """
 import hashlib
+import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,26 @@ def fingerprint(images, labels):
     h = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
     h.update(np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes())
     return f"{len(labels)}-{h.hexdigest()[:16]}"
+
+
+def write_atomically(path, payload):
+    """Write bytes so that a reader, or a run killed mid-write, sees the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_figure(fig, path, dpi=110):
+    """Render a matplotlib figure to PNG and write it atomically."""
+    import matplotlib.pyplot as plt
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    write_atomically(path, buffer.getvalue())
 
 
 def stratified_split(indices, labels, fraction, seed):

@@ -10,7 +10,6 @@ writes four PNGs into reports/ (never commit them: they are made from the traini
 Brightness, colour and samples describe the cleaned set: the outliers would drown the cells.
 """
 import argparse
-import io
 import os
 
 import numpy as np
@@ -19,7 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from outliers import atomic_write, find_outliers  # noqa: E402
+from data import save_figure  # noqa: E402
+from outliers import find_outliers  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 brightness from RGB
 COLOURS = plt.get_cmap("tab10").colors  # one colour per class, the same in every figure
@@ -27,10 +27,7 @@ COLOURS = plt.get_cmap("tab10").colors  # one colour per class, the same in ever
 
 def save(fig, path):
     """Render a figure to PNG bytes and write them atomically."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    save_figure(fig, path)
     print(f"wrote {path}")
 
 

@@ -14,7 +14,6 @@ robustness_samples.png and robustness.png; prints a table. The held-out images c
 split.json that train.py wrote beside the weights; evaluate refuses data that split wasn't made for.
 """
 import argparse
-import io
 import json
 import os
 import time
@@ -272,20 +271,6 @@ def robustness(net, images, labels, clean_predicted, seed, severities=SEVERITIES
 # Output: written atomically, so a reader sees the old file or the new one, never half of one
 
 
-def write_atomic(path, payload):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-
-
-def save_figure(fig, path):
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-
-
 def plot_confusion(cm, accuracy, path):
     cm = np.asarray(cm)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # shade by share of the true class, so rare classes show
@@ -303,7 +288,7 @@ def plot_confusion(cm, accuracy, path):
     ax.set_title(f"held-out confusion matrix: {cm.sum()} images, accuracy {accuracy:.3f}\n"
                  "(counts; shading = share of the true class's images)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of row")
-    save_figure(fig, path)
+    data.save_figure(fig, path, dpi=100)
 
 
 def plot_misclassified(images, true, predicted, confidence, held_out, path, max_images=40, columns=8):
@@ -321,7 +306,7 @@ def plot_misclassified(images, true, predicted, confidence, held_out, path, max_
         axes[0, 0].text(0, 0.5, "no misclassified held-out images", fontsize=12)
     fig.suptitle(f"{len(true)} of {held_out} held-out images misclassified; the {len(order)} most confident mistakes "
                  "(pred = predicted class and its probability)", fontsize=10)
-    save_figure(fig, path)
+    data.save_figure(fig, path, dpi=100)
 
 
 def plot_samples(image, seed, severities, names, path):
@@ -349,7 +334,7 @@ def plot_samples(image, seed, severities, names, path):
         axes[row, block * columns].set_ylabel(name, fontsize=9)
     fig.suptitle(f"robustness suite on one held-out image (seed {seed})", fontsize=11)
     fig.tight_layout()
-    save_figure(fig, path)
+    data.save_figure(fig, path, dpi=100)
 
 
 def plot_robustness(result, path):
@@ -381,7 +366,7 @@ def plot_robustness(result, path):
     ax.set_title(f"robustness preview: {result['images']} held-out images per corruption, seed {result['seed']}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    save_figure(fig, path)
+    data.save_figure(fig, path, dpi=100)
 
 
 def format_table(report):
@@ -467,7 +452,7 @@ def main(argv=None):
 
     seconds["total"] = round(time.time() - started, 1)
     report["seconds"] = seconds
-    write_atomic(out / "evaluation.json", (json.dumps(report, indent=2) + "\n").encode())
+    data.write_atomically(out / "evaluation.json", (json.dumps(report, indent=2) + "\n").encode())
     print()
     print(format_table(report))
     print(f"\nwrote {out}/evaluation.json and pictures in {seconds['total']:.0f} s")

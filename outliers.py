@@ -245,17 +245,6 @@ def find_outliers(images, labels):
 # ----------------------------------------------------------------------------------------------
 # the report
 
-def atomic_write(path, data):
-    """Write bytes so a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def contact_sheet(images, labels, result, group, class_names, nearest_misses=(), per_reason=20, cols=10):
     """PNG bytes: flagged images in rows grouped by reason, each captioned with its index and label.
 
@@ -307,7 +296,7 @@ def main():
     parser.add_argument("--out", default="reports", help="folder for outliers.json and outliers.png")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
-    from data import DataError, load_training_set
+    from data import DataError, load_training_set, write_atomically
     from model import CLASS_NAMES
     try:
         images, labels = load_training_set(args.data)
@@ -340,8 +329,8 @@ def main():
         "settings": {"MASS_COPIES": MASS_COPIES, "PHASH_CANDIDATE": PHASH_CANDIDATE,
                      "NEAR_COPY_RMS": NEAR_COPY_RMS, "GREY_CHROMA": GREY_CHROMA, "FAR_OUT": FAR_OUT},
     }
-    atomic_write(out / "outliers.json", json.dumps(report, indent=1).encode())
-    atomic_write(out / "outliers.png", contact_sheet(images, labels, result, group, CLASS_NAMES, misses + greyest))
+    write_atomically(out / "outliers.json", json.dumps(report, indent=1).encode())
+    write_atomically(out / "outliers.png", contact_sheet(images, labels, result, group, CLASS_NAMES, misses + greyest))
     print(f"{len(labels)} images, {len(result['outliers'])} outliers, {len(result['duplicates'])} duplicates, "
           f"{len(kept)} kept ({seconds:.0f} s)")
     for r, n in result["counts"].items():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the report
 import data
 from model import IMAGE_SIZE, NUM_CLASSES, WEIGHTS_GLOB
 

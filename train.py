@@ -11,8 +11,10 @@ evaluation), history.csv and history.png.
 """
 import argparse
 import csv
+import io
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,14 +41,14 @@ PRESETS = {
         epochs_finetune=30, lr_finetune=1e-5, restart_epochs=5, unfreeze=150,  # phase 2: top layers
         patience=5,
     ),
-    # a smoke run of a few minutes on 2 CPU cores: a small backbone from random weights (no
+    # a smoke run of about two minutes on 2 CPU cores: a small backbone from random weights (no
     # download), trained whole in both phases, at 64 px, on a few hundred images
     "tiny": dict(
         backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
         max_images=400, holdout=0.1, validation=0.1,
         batch_size=16, augment_ops=3, augment_magnitude=0.5, focal_gamma=2.0, weight_decay=1e-4,
-        epochs_head=4, lr_head=2e-3, plateau_patience=2,
-        epochs_finetune=4, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
+        epochs_head=8, lr_head=2e-3, plateau_patience=2,
+        epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
     ),
 }
@@ -55,14 +57,6 @@ ARCHITECTURE_KEYS = ("backbone", "input_size", "dropout")  # what model.py needs
 
 def log(message):
     print(f"[train {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def write_atomically(path, write):
-    """Call write(tmp_path), then rename the finished file into place."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,34 +154,131 @@ def compile_network(network, learning_rate, config, alpha):
         metrics=["accuracy"])
 
 
-def run_phase(network, name, epochs, train_ds, val_ds, callbacks, config):
-    if epochs <= 0:
-        return []
+class Checkpoint(keras.callbacks.Callback):
+    """Everything a killed run needs, saved at the end of every epoch, put back by --resume.
+
+    A checkpoint is a folder: state.json (split, config, phase, epoch, history, the early-stopping
+    and learning-rate bookkeeping), network.npz, optimizer.npz (AdamW's moments, its step and
+    learning rate) and best.npz (the weights early stopping would restore). Each one is written
+    into a new folder, then latest.json is renamed over the old pointer: a kill at any moment
+    leaves the previous complete checkpoint.
+    """
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = Path(folder)
+        self.state, self.watched, self.current = None, {}, None  # current: the newest complete checkpoint
+
+    def load(self):
+        """The saved state, or None when there is no complete checkpoint."""
+        pointer = self.folder / "latest.json"
+        if not pointer.is_file():
+            return None
+        self.current = self.folder / json.loads(pointer.read_text())["folder"]
+        return json.loads((self.current / "state.json").read_text())
+
+    def save(self, network, with_optimizer=True):
+        self.state["saved"] = self.state.get("saved", 0) + 1
+        name = f"{self.state['phase']}-{self.state['epoch']:03d}-{self.state['saved']}"
+        folder = self.folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "network.npz", *network.get_weights())
+        if with_optimizer:
+            np.savez(folder / "optimizer.npz", *[v.numpy() for v in network.optimizer.variables])
+        stop = self.watched.get("early_stopping")
+        if stop is not None and stop.best_weights is not None:
+            np.savez(folder / "best.npz", *stop.best_weights)
+        (folder / "state.json").write_text(json.dumps(self.state))
+        data.write_atomically(self.folder / "latest.json", json.dumps({"folder": name}).encode())
+        for old in self.folder.iterdir():  # only now may the previous checkpoint go
+            if old.is_dir() and old.name != name:
+                shutil.rmtree(old)
+        self.current = folder
+
+    def restore(self, network):
+        """Put the checkpoint's network weights, and its optimizer state when it has one, back."""
+        network.set_weights(arrays(self.current / "network.npz"))
+        if (self.current / "optimizer.npz").is_file():
+            network.optimizer.build(network.trainable_variables)
+            for variable, value in zip(network.optimizer.variables, arrays(self.current / "optimizer.npz")):
+                variable.assign(value)
+
+    def on_train_begin(self, logs=None):
+        # Keras resets EarlyStopping and ReduceLROnPlateau here; give them back what the killed run had
+        stop = self.watched.get("early_stopping")
+        if stop is not None and stop.monitor_op is None:
+            stop._set_monitor_op()  # Keras 3.4 sets `best` at the first epoch's end, over a restored one
+        for name, callback in self.watched.items():
+            for key, value in self.state["callbacks"].get(name, {}).items():
+                setattr(callback, key, value)
+        if "early_stopping" in self.watched and self.current and (self.current / "best.npz").is_file():
+            self.watched["early_stopping"].best_weights = arrays(self.current / "best.npz")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state["history"].append({"phase": self.state["phase"], "epoch": epoch + 1,
+                                      **{k: float(v) for k, v in (logs or {}).items()}})
+        self.state["epoch"] = epoch + 1
+        self.state["stopped"] = bool(self.model.stop_training)  # early stopping ended the phase here
+        self.state["callbacks"] = {name: {key: float(getattr(callback, key)) for key in WATCHED[name]}
+                                   for name, callback in self.watched.items()}
+        self.save(self.model)
+
+
+# the bookkeeping of Keras' callbacks that a resumed run needs to stop where an unbroken one would
+WATCHED = {"early_stopping": ("wait", "best", "best_epoch"), "plateau": ("wait", "best", "cooldown_counter")}
+
+
+def arrays(path):
+    with np.load(path) as npz:
+        return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+
+def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=None):
+    """fit() from the checkpoint's epoch on, with early stopping that restores the best weights."""
+    start = checkpoint.state["epoch"]
+    epochs = start if checkpoint.state.get("stopped") else epochs  # killed after early stopping: nothing left
     trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
-    log(f"{name}: {epochs} epochs, {trainable:,} trainable parameters")
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True)
-    history = network.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop, *callbacks],
-                          verbose=1 if sys.stdout.isatty() else 2)  # bars on a terminal, a line per epoch in logs
-    rows = []
-    for epoch in range(len(history.epoch)):
-        row = {"phase": name, "epoch": epoch + 1}
-        row.update({k: float(v[epoch]) for k, v in history.history.items()})
-        rows.append(row)
-    return rows
+    log(f"{checkpoint.state['phase']}: epochs {start + 1} to {epochs}, {trainable:,} trainable parameters")
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True,
+                                         verbose=1)
+    checkpoint.watched = {"early_stopping": stop, **({"plateau": plateau} if plateau else {})}
+    network.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start,
+                callbacks=[*checkpoint.watched.values(), checkpoint],  # checkpoint last: it sees their state
+                verbose=1 if sys.stdout.isatty() else 2)  # bars on a terminal, a line per epoch in logs
 
 
-def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None):
-    """The whole recipe, from the data file to out/weights.npz. Returns the history rows."""
-    keras.utils.set_random_seed(seed)
-    images, labels = data.load_training_set(data_path)
-    train_idx, val_idx, holdout_idx, removed = split_data(images, labels, config, seed, keep_outliers)
-    log(f"{len(train_idx)} training, {len(val_idx)} validation and {len(holdout_idx)} held-out images")
+def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, resume=False, overwrite=False):
+    """The whole recipe, from the data file to out/weights.npz. Returns the history rows.
+
+    Every epoch is checkpointed in out/checkpoint; resume=True continues a killed run from its
+    last complete epoch, in its phase, with its split and config.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    split = {"fingerprint": data.fingerprint(images, labels), "data": str(data_path), "seed": seed,
-             "holdout": holdout_idx.tolist(), "validation": val_idx.tolist(), "train": train_idx.tolist(),
-             "removed": removed, "config": config}
-    write_atomically(out / "split.json", lambda p: p.write_text(json.dumps(split)))
+    checkpoint = Checkpoint(out / "checkpoint")
+    state = checkpoint.load()
+    if resume and state is None:
+        sys.exit(f"nothing to resume: {checkpoint.folder} holds no checkpoint. Start the run without RESUME=1 / --resume")
+    if state is not None and not resume and not overwrite:
+        sys.exit(f"{checkpoint.folder} holds an interrupted run (phase {state['phase']}, epoch {state['epoch']}). "
+                 "Continue it with make train RESUME=1 (--resume), or start afresh with --overwrite")
+    images, labels = data.load_training_set(data_path)
+    if resume:
+        if state["split"]["fingerprint"] != data.fingerprint(images, labels):
+            sys.exit(f"the checkpoint in {checkpoint.folder} was made from other data than {data_path}")
+        config, seed = state["config"], state["seed"]
+        log(f"resuming from phase {state['phase']} epoch {state['epoch']}")
+    else:
+        shutil.rmtree(checkpoint.folder, ignore_errors=True)
+        train_idx, val_idx, holdout_idx, removed = split_data(images, labels, config, seed, keep_outliers)
+        split = {"fingerprint": data.fingerprint(images, labels), "data": str(data_path), "seed": seed,
+                 "holdout": holdout_idx.tolist(), "validation": val_idx.tolist(), "train": train_idx.tolist(),
+                 "removed": removed}
+        state = {"config": config, "seed": seed, "split": split, "phase": "head", "epoch": 0,
+                 "history": [], "callbacks": {}}
+    checkpoint.state = state
+    train_idx, val_idx = (np.array(state["split"][k], dtype=np.int64) for k in ("train", "validation"))
+    log(f"{len(train_idx)} training, {len(val_idx)} validation and {len(state['split']['holdout'])} held-out images")
+    keras.utils.set_random_seed(seed + len(state["history"]))  # a resumed run draws new augmentations
 
     strategy = strategy or choose_strategy()
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
@@ -197,26 +288,38 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None):
     val_ds = make_dataset(images[val_idx], labels[val_idx], batch_size)
     alpha = focal_alpha(labels[train_idx])
     steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
-
     pretrained = config["backbone_weights"] != "none"
     with strategy.scope():
         network = create_network(config)
-        if pretrained:
-            backbone_of(network).trainable = False  # a random backbone has nothing to protect: it trains from the start
-        compile_network(network, config["lr_head"], config, alpha)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=config["plateau_patience"])
-    rows = run_phase(network, "head", config["epochs_head"], train_ds, val_ds, [plateau], config)
+
+    if state["phase"] == "head":
+        with strategy.scope():
+            if pretrained:
+                backbone_of(network).trainable = False  # a random backbone has nothing to protect: it trains from the start
+            compile_network(network, config["lr_head"], config, alpha)
+        if state["epoch"] > 0:
+            checkpoint.restore(network)
+        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=config["plateau_patience"])
+        run_phase(network, config["epochs_head"], train_ds, val_ds, checkpoint, config, plateau)
+        state.update(phase="finetune", epoch=0, callbacks={}, stopped=False)
+        checkpoint.watched = {}
+        checkpoint.save(network, with_optimizer=False)  # phase 2 starts from here, with a new optimizer
 
     with strategy.scope():
         unfreeze_top(network, config["unfreeze"], batchnorm=not pretrained)
         schedule = keras.optimizers.schedules.CosineDecayRestarts(
             config["lr_finetune"], first_decay_steps=config["restart_epochs"] * steps_per_epoch)
         compile_network(network, schedule, config, alpha)
-    rows += run_phase(network, "finetune", config["epochs_finetune"], train_ds, val_ds, [], config)
+    checkpoint.restore(network)
+    run_phase(network, config["epochs_finetune"], train_ds, val_ds, checkpoint, config)
 
+    # the finished run: weights, split and history renamed into place, then the checkpoint goes
+    out.mkdir(parents=True, exist_ok=True)
     save_weights(network, config, out / "weights.npz", images[val_idx])
-    save_history(rows, out)
-    return rows
+    data.write_atomically(out / "split.json", json.dumps({**state["split"], "config": config}).encode())
+    save_history(state["history"], out)
+    shutil.rmtree(checkpoint.folder)
+    return state["history"]
 
 
 def save_weights(network, config, path, check_images):
@@ -239,32 +342,29 @@ def save_weights(network, config, path, check_images):
 
 def save_history(rows, out):
     """history.csv (one row per epoch, both phases) and history.png (the curves)."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    def write_csv(tmp):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(rows)
-    write_atomically(out / "history.csv", write_csv)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    data.write_atomically(out / "history.csv", text.getvalue().encode())
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     step = np.arange(1, len(rows) + 1)
+    head_epochs = sum(r["phase"] == "head" for r in rows)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             ax.plot(step, [r.get(prefix + metric, np.nan) for r in rows], style, label=prefix + metric)
-        head_epochs = sum(r["phase"] == "head" for r in rows)
         if 0 < head_epochs < len(rows):
             ax.axvline(head_epochs + 0.5, color="grey", lw=0.8)
             ax.text(head_epochs + 0.6, ax.get_ylim()[1], " fine-tuning", va="top", color="grey")
         ax.set_xlabel("epoch (both phases)")
         ax.set_title(metric)
-        ax.legend()
+        ax.legend(loc="center left")
     fig.tight_layout()
-    write_atomically(out / "history.png", lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    data.save_figure(fig, out / "history.png")
 
 
 def parse_args(argv=None):
@@ -280,6 +380,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="fixes the split, the augmentation and the initialisation")
     p.add_argument("--out", default="weights", help="folder for weights.npz, split.json and the history")
     p.add_argument("--keep-outliers", action="store_true", help="train on every image, outliers included")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run checkpointed in --out")
+    p.add_argument("--overwrite", action="store_true", help="discard an interrupted run's checkpoint in --out")
     args = p.parse_args(argv)
     config = dict(PRESETS[args.preset])
     for key in ("backbone", "backbone_weights", "unfreeze", "epochs_head", "epochs_finetune", "batch_size"):
@@ -292,6 +394,6 @@ if __name__ == "__main__":
     args, config = parse_args()
     log(f"preset {args.preset}: {config}")
     try:
-        train(config, args.data, args.out, args.seed, args.keep_outliers)
+        train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume, overwrite=args.overwrite)
     except data.DataError as e:
         sys.exit(f"error: {e}")

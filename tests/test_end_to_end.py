@@ -54,7 +54,7 @@ def test_tiny_training_learns_and_its_zip_scores_in_a_fresh_process(learnable_np
     answer = score_unpacked(zip_path, images, tmp_path / "unpacked")
     assert answer["type"] == "ndarray" and answer["dtype"].startswith("int")
     accuracy = np.mean(np.array(answer["labels"]) == labels)
-    assert accuracy >= 0.4, f"accuracy {accuracy:.2f} on fresh images; chance is 0.125"
+    assert accuracy >= 0.5, f"accuracy {accuracy:.2f} on fresh images; chance is 0.125"
 
 
 def test_a_broken_bundle_is_never_written(tmp_path, learnable_npz):

@@ -7,6 +7,7 @@ import tensorflow as tf
 import data
 import model
 import train
+from conftest import learnable_images
 
 
 def test_focal_loss_matches_a_hand_computation():
@@ -108,3 +109,14 @@ def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_pat
     rows = train.train(config, learnable_npz, tmp_path, keep_outliers=True, strategy=strategy)
     assert [r["phase"] for r in rows] == ["head", "finetune"]
     assert (tmp_path / "weights.npz").is_file() and (tmp_path / "history.png").is_file()
+
+
+def test_the_same_seed_gives_the_same_cleaning_and_split():
+    images, labels = learnable_images(480)
+    images[::40] = images[7]  # a picture pasted twelve times under several labels: cleaning has work to do
+    config = {**train.PRESETS["tiny"], "max_images": None}
+    a = train.split_data(images, labels, config, seed=3)
+    b = train.split_data(images, labels, config, seed=3)
+    assert len(a[3]["outliers"]) >= 12 and a[3] == b[3]
+    for x, y in zip(a[:3], b[:3]):
+        np.testing.assert_array_equal(x, y)

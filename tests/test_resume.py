@@ -1,0 +1,155 @@
+"""Reliability: a killed run resumes where it stopped, and no kill leaves a half-written file."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import keras
+
+import model
+import train
+from conftest import ROOT
+
+
+def run_train(data_path, out, *flags):
+    """train.py with the tiny preset, shortened to 3 + 3 epochs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--data", str(data_path), "--preset", "tiny",
+                             "--epochs-head", "3", "--epochs-finetune", "3", "--out", str(out), "--keep-outliers",
+                             *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def latest_checkpoint(out):
+    pointer = out / "checkpoint" / "latest.json"
+    if not pointer.is_file():
+        return None
+    return json.loads((out / "checkpoint" / json.loads(pointer.read_text())["folder"] / "state.json").read_text())
+
+
+def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_npz, tmp_path):
+    out = tmp_path / "weights"
+    first = run_train(learnable_npz, out)
+    while first.poll() is None:  # wait for the second epoch of phase 1 to start, then kill without warning
+        state = latest_checkpoint(out)
+        if state and state["phase"] == "head" and state["epoch"] >= 1:
+            time.sleep(0.5)
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    log = first.communicate()[0]
+    assert first.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{log[-3000:]}"
+    state = latest_checkpoint(out)
+    assert not (out / "weights.npz").exists()
+
+    refused = run_train(learnable_npz, out)
+    message = refused.communicate()[0]
+    assert refused.returncode != 0 and "RESUME=1" in message and "--overwrite" in message
+
+    resumed = run_train(learnable_npz, out, "--resume")
+    log = resumed.communicate()[0]
+    assert resumed.returncode == 0, log[-3000:]
+    assert f"resuming from phase {state['phase']} epoch {state['epoch']}" in log
+    with open(out / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert history[:len(state["history"])] == [{k: str(v) for k, v in row.items()} for row in state["history"]]
+    for phase in ("head", "finetune"):  # every epoch once, in order, up to where early stopping says
+        rows = [row for row in history if row["phase"] == phase]
+        assert [int(row["epoch"]) for row in rows] == list(range(1, len(rows) + 1))
+        assert len(rows) == epochs_until_early_stop([float(row["val_loss"]) for row in rows], 3,
+                                                    train.PRESETS["tiny"]["patience"])
+    split = json.loads((out / "split.json").read_text())
+    assert split["holdout"] == state["split"]["holdout"]
+    assert not (out / "checkpoint").exists()
+    model.Model(out)  # the finished weights load
+
+
+def epochs_until_early_stop(val_losses, epochs, patience):
+    """How many epochs an unbroken run with Keras' EarlyStopping on these losses would train."""
+    best, wait = float("inf"), 0
+    for epoch, loss in enumerate(val_losses):
+        best, wait = (loss, 0) if loss < best else (best, wait + 1)
+        if wait >= patience:
+            return epoch + 1
+    return epochs
+
+
+def test_resume_without_a_checkpoint_says_so(learnable_npz, tmp_path):
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        train.train(dict(train.PRESETS["tiny"]), learnable_npz, tmp_path, resume=True)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL arriving in the middle of a write."""
+
+
+def test_a_kill_while_writing_weights_leaves_the_previous_ones(tmp_path, monkeypatch):
+    architecture = {"backbone": "MobileNetV3Small", "input_size": 96, "dropout": 0.2}
+    network = model.build_network(**architecture)
+    path = tmp_path / "weights.npz"
+    model.save_network(network, architecture, path)
+    before = path.read_bytes()
+
+    real_savez = np.savez
+    def savez_then_die(file, **arrays):
+        real_savez(file, **dict(list(arrays.items())[:3]))  # part of the file is on disk...
+        raise Killed()                                     # ...when the process dies
+    monkeypatch.setattr(np, "savez", savez_then_die)
+    with pytest.raises(Killed):
+        model.save_network(network, architecture, path, float16=True)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    model.load_network(path)
+    assert [p.name for p in tmp_path.glob("weights*.npz")] == ["weights.npz"]  # nothing half-written is bundled
+
+
+def test_a_kill_while_checkpointing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    network = model.build_network("MobileNetV3Small")
+    train.compile_network(network, 1e-3, train.PRESETS["tiny"], [1.0] * 8)
+    checkpoint = train.Checkpoint(tmp_path / "checkpoint")
+    checkpoint.state = {"phase": "head", "epoch": 1, "history": [], "callbacks": {}}
+    checkpoint.save(network, with_optimizer=False)
+
+    checkpoint.state = {"phase": "head", "epoch": 2, "history": [], "callbacks": {}}
+    def die(*args, **kwargs):
+        raise Killed()
+    monkeypatch.setattr(train.data, "write_atomically", die)  # dies after the files, before the pointer moves
+    with pytest.raises(Killed):
+        checkpoint.save(network, with_optimizer=False)
+    monkeypatch.undo()
+    reloaded = train.Checkpoint(tmp_path / "checkpoint")
+    assert reloaded.load()["epoch"] == 1
+    reloaded.restore(network)
+
+
+def phase_on_noise(tmp_path, epochs, patience, state=None):
+    """run_phase on a small dense network that cannot learn (learning rate 0): val_loss never improves."""
+    network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D(),
+                                keras.layers.Dense(8, activation="softmax")])
+    config = {**train.PRESETS["tiny"], "patience": patience}
+    train.compile_network(network, 0.0, config, [1.0] * 8)
+    rng = np.random.default_rng(0)
+    ds = train.make_dataset(rng.integers(0, 256, (32, 96, 96, 3), dtype=np.uint8), rng.integers(0, 8, 32), 16)
+    checkpoint = train.Checkpoint(tmp_path / "checkpoint")
+    checkpoint.state = state or {"phase": "head", "epoch": 0, "history": [], "callbacks": {}}
+    if state:
+        checkpoint.load()
+        checkpoint.restore(network)
+    train.run_phase(network, epochs, ds, ds, checkpoint, config)
+    return checkpoint
+
+
+def test_early_stopping_waits_its_patience_also_across_a_resume(tmp_path):
+    # val_loss first sets the best, then never improves: patience 2 stops after epoch 3
+    assert len(phase_on_noise(tmp_path / "a", epochs=6, patience=2).state["history"]) == 3
+    # killed after epoch 2, resumed: the wait already spent counts, so it still stops after epoch 3
+    first = phase_on_noise(tmp_path / "b", epochs=2, patience=2)
+    assert first.state["callbacks"]["early_stopping"]["wait"] == 1
+    resumed = phase_on_noise(tmp_path / "b", epochs=6, patience=2, state=first.load())
+    assert [row["epoch"] for row in resumed.state["history"]] == [1, 2, 3]
+    assert resumed.state["stopped"]
