@@ -36,7 +36,8 @@ PRESETS = {
     "seed": dict(
         backbone="EfficientNetV2L", backbone_weights="imagenet", input_size=96, dropout=0.3,
         max_images=None, holdout=0.1, validation=0.1,
-        batch_size=32, augment_ops=3, augment_magnitude=0.5, focal_gamma=2.0, weight_decay=1e-4,
+        batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=0.0,
+        focal_gamma=2.0, label_smoothing=0.0, weight_decay=1e-4,
         epochs_head=20, lr_head=1e-4, plateau_patience=2,                   # phase 1: backbone frozen
         epochs_finetune=30, lr_finetune=1e-5, restart_epochs=5, unfreeze=150,  # phase 2: top layers
         patience=5,
@@ -46,10 +47,23 @@ PRESETS = {
     "tiny": dict(
         backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
         max_images=400, holdout=0.1, validation=0.1,
-        batch_size=16, augment_ops=3, augment_magnitude=0.5, focal_gamma=2.0, weight_decay=1e-4,
+        batch_size=16, augment_ops=3, augment_magnitude=0.5, corrupt_p=0.0,
+        focal_gamma=2.0, label_smoothing=0.0, weight_decay=1e-4,
         epochs_head=8, lr_head=2e-3, plateau_patience=2,
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
+    ),
+    # from scratch on 2 CPU cores in under an hour (issue 6): no ImageNet weights, so phase 1 is a
+    # warm phase of the whole network at a constant rate (cut on plateaus) and phase 2 one long
+    # cosine decay; at 64 px, with test-set-like corruptions on a quarter of the images each
+    "cpu": dict(
+        backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
+        max_images=None, holdout=0.1, validation=0.1,
+        batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=0.25,
+        focal_gamma=2.0, label_smoothing=0.1, weight_decay=0.05,
+        epochs_head=6, lr_head=2e-3, plateau_patience=2,
+        epochs_finetune=24, lr_finetune=2e-3, restart_epochs=24, unfreeze=1000,
+        patience=8,
     ),
 }
 ARCHITECTURE_KEYS = ("backbone", "input_size", "dropout")  # what model.py needs to rebuild the network
@@ -97,8 +111,65 @@ def make_dataset(images, labels, batch_size, augment=None, seed=0):
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_augment(config, seed):
+    """RandAugment (the recipe), then, where the preset asks, the test-set-like corruptions below."""
+    rand_augment = keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=config["augment_ops"],
+                                               magnitude=config["augment_magnitude"], seed=seed)
+    def augment(x):
+        x = rand_augment(x, training=True)
+        return corrupt_like_a_test_set(x, config["corrupt_p"]) if config["corrupt_p"] else x
+    return augment
+
+
+def corrupt_like_a_test_set(x, p):
+    """Changes RandAugment lacks and a modified test set may carry, each on a share p of the batch.
+
+    x: float (n, 96, 96, 3) in [0, 255]. Cells have no orientation, so the eight flips and
+    right-angle rotations are applied to every image; the rest (hue, saturation, grayscale,
+    colour cast, blur, noise, pixelation, zoom, occlusion) to a random part of the batch each.
+    """
+    n, size = tf.shape(x)[0], x.shape[1]
+    def some(shape=(1, 1, 1)):
+        return tf.random.uniform([n, *shape]) < p
+    def uniform(low, high, shape=(1, 1, 1)):
+        return tf.random.uniform([n, *shape], low, high)
+
+    x = tf.where(uniform(0, 1) < 0.5, tf.transpose(x, [0, 2, 1, 3]), x)
+    x = tf.image.random_flip_up_down(tf.image.random_flip_left_right(x))
+
+    hsv = tf.image.rgb_to_hsv(x / 255.0)
+    hue = tf.where(some((1, 1)), (hsv[..., 0] + uniform(-0.12, 0.12, (1, 1))) % 1.0, hsv[..., 0])
+    saturation = tf.where(some((1, 1)), tf.clip_by_value(hsv[..., 1] * uniform(0.2, 2.5, (1, 1)), 0, 1), hsv[..., 1])
+    x = tf.image.hsv_to_rgb(tf.stack([hue, saturation, hsv[..., 2]], axis=-1)) * 255.0
+    x = tf.where(some(), tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)), x)
+    x = x + tf.where(some(), uniform(-50, 50, (1, 1, 3)), 0.0)  # colour cast
+
+    sigma = tf.random.uniform([], 0.5, 1.8)  # gaussian blur, one width per batch
+    taps = tf.exp(-0.5 * (tf.range(-3.0, 4.0) / sigma) ** 2)
+    kernel = tf.tile((taps[:, None] * taps[None, :] / tf.reduce_sum(taps) ** 2)[:, :, None, None], [1, 1, 3, 1])
+    x = tf.where(some(), tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME"), x)
+    x = x + tf.where(some(), tf.random.normal(tf.shape(x)) * uniform(3, 30), 0.0)  # sensor noise
+    coarse = tf.image.resize(tf.image.resize(x, [size // 3, size // 3], "area"), [size, size], "nearest")
+    x = tf.where(some(), coarse, x)  # pixelation
+
+    # zoom in or out and shift: a random box per image, black outside the picture
+    scale, centre = uniform(0.75, 1.3, ()), uniform(0.35, 0.65, (2,))
+    boxes = tf.concat([centre - scale[:, None] / 2, centre + scale[:, None] / 2], axis=1)
+    boxes = tf.where(some((1,)), boxes, tf.constant([[0.0, 0.0, 1.0, 1.0]]))
+    x = tf.image.crop_and_resize(x, boxes, tf.range(n), [size, size])
+
+    # occlusion: a dark or light square covering up to a quarter of the side
+    grid = tf.cast(tf.range(size), tf.float32)
+    top_left, side = uniform(0, size, (2,)), uniform(size / 8, size / 4, ())
+    inside_y = (grid[None, :] >= top_left[:, :1]) & (grid[None, :] < top_left[:, :1] + side[:, None])
+    inside_x = (grid[None, :] >= top_left[:, 1:]) & (grid[None, :] < top_left[:, 1:] + side[:, None])
+    patch = (inside_y[:, :, None] & inside_x[:, None, :])[..., None] & some()
+    x = tf.where(patch, uniform(0, 255), x)
+    return tf.clip_by_value(x, 0.0, 255.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +221,8 @@ def unfreeze_top(network, n, batchnorm=False):
 def compile_network(network, learning_rate, config, alpha):
     network.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"]),
-        loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=config["focal_gamma"]),
+        loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=config["focal_gamma"],
+                                                       label_smoothing=config["label_smoothing"]),
         metrics=["accuracy"])
 
 
@@ -282,9 +354,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
 
     strategy = strategy or choose_strategy()
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
-    augment = keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=config["augment_ops"],
-                                          magnitude=config["augment_magnitude"], seed=seed)
-    train_ds = make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed)
+    train_ds = make_dataset(images[train_idx], labels[train_idx], batch_size, make_augment(config, seed), seed)
     val_ds = make_dataset(images[val_idx], labels[val_idx], batch_size)
     alpha = focal_alpha(labels[train_idx])
     steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))

@@ -120,3 +120,18 @@ def test_the_same_seed_gives_the_same_cleaning_and_split():
     assert len(a[3]["outliers"]) >= 12 and a[3] == b[3]
     for x, y in zip(a[:3], b[:3]):
         np.testing.assert_array_equal(x, y)
+
+
+def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline():
+    images, labels = learnable_images(64)
+    config = {**train.PRESETS["tiny"], "corrupt_p": 0.5}
+    batch = next(iter(train.make_dataset(images, labels, 64, train.make_augment(config, seed=0))))[0].numpy()
+    assert batch.shape == images.shape and batch.dtype == np.float32
+    assert batch.min() >= 0 and batch.max() <= 255
+    plain = tf.constant(images[:32], tf.float32)
+    corrupted = train.corrupt_like_a_test_set(plain, 1.0).numpy()
+    changed = np.abs(corrupted - images[:32]).mean(axis=(1, 2, 3))
+    assert (changed > 5).all()  # every image altered when p = 1
+    # p = 0 leaves only the flips and right-angle rotations: the same pixels, rearranged
+    turned = train.corrupt_like_a_test_set(plain, 0.0).numpy()
+    np.testing.assert_allclose(np.sort(turned.reshape(32, -1), axis=1), np.sort(images[:32].reshape(32, -1).astype(np.float32), axis=1), atol=1e-3)
