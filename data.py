@@ -13,8 +13,8 @@ from sklearn.model_selection import train_test_split
 from model import IMAGE_SIZE, NUM_CLASSES
 
 HOW_TO_GET_IT = (
-    "Download training_set.npz from the challenge's Codabench page (Files tab) into data/, "
-    "or build one from the shared PBC images: "
+    "Put the challenge's training_set.npz (from its Codabench page) at data/training_set.npz or pass "
+    "DATA=path (--data path), or build one from the shared PBC images: "
     "python ../shared/data/build_training_set.py data/training_set.npz"
 )
 EXPECTED = f"'images' uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) RGB in [0, 255] and 'labels' (N, 1) or (N,) in 0..{NUM_CLASSES - 1}"
@@ -40,6 +40,14 @@ def load_training_set(path):
     except Exception as e:  # not a zip, truncated, pickled objects...
         raise DataError(f"{path} is not a readable .npz file ({e}); expected {EXPECTED}") from e
     return validate(images, labels, where=str(path))
+
+
+def load_or_exit(path):
+    """load_training_set for command-line tools: a bad file ends the program with its message."""
+    try:
+        return load_training_set(path)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
 
 
 def validate(images, labels, where="the data"):

@@ -18,7 +18,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from data import save_figure  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
+from data import load_or_exit, save_figure  # noqa: E402
+from model import CLASS_NAMES  # noqa: E402
 from outliers import find_outliers  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 brightness from RGB
@@ -126,13 +128,7 @@ def main():
     parser.add_argument("--data", default="data/training_set.npz", help="challenge-style .npz file")
     parser.add_argument("--out", default="reports", help="folder for the PNGs")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
-    from data import DataError, load_training_set
-    from model import CLASS_NAMES
-    try:
-        images, labels = load_training_set(args.data)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    images, labels = load_or_exit(args.data)
     os.makedirs(args.out, exist_ok=True)
 
     result = find_outliers(images, labels)

@@ -404,6 +404,8 @@ def main(argv=None):
     parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS), metavar="NAME",
                         help="a subset of: " + ", ".join(CORRUPTIONS))
     parser.add_argument("--no-robustness", action="store_true", help="clean score only")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=model.TEST_TIME_AUGMENTATION,
+                        help="average the eight flips and right-angle rotations (default: as model.py ships)")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
@@ -420,7 +422,7 @@ def main(argv=None):
     print(f"scoring {len(held)} held-out images of {args.data} with {args.weights}", flush=True)
 
     # Scored the way Codabench calls the submission: Model() then predict() on the uint8 batch.
-    net = model.Model(args.weights)
+    net = model.Model(args.weights, tta=args.tta)
     predicted = net.predict(images)
     report = {"data": str(args.data), "weights": str(args.weights), "fingerprint": split["fingerprint"],
               "held_out": int(len(held)), "seed": args.seed, "class_names": list(model.CLASS_NAMES),

@@ -18,6 +18,9 @@ NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 96  # the challenge's images are 96x96 RGB, values in [0, 255]
 WEIGHTS_GLOB = "weights*.npz"  # every matching file beside model.py is one network; several are averaged
 BATCH_SIZE = 64  # predict in batches: 10,000 images stay within a few GB even for EfficientNetV2L
+# Test-time augmentation: average the eight flips and right-angle rotations (cells have no
+# orientation). Off until BENCHMARKS.md shows it pays for its eightfold predict time.
+TEST_TIME_AUGMENTATION = False
 
 # keras.applications backbones we know, each with the module that holds its own preprocess_input
 BACKBONES = {
@@ -120,18 +123,31 @@ def as_images(X):
     return np.clip(X, 0.0, 255.0)
 
 
+def dihedral_views(x):
+    """The eight flips and right-angle rotations of a batch of square images."""
+    turns = [tf.image.rot90(x, k) for k in range(4)]
+    return turns + [tf.image.flip_left_right(t) for t in turns]
+
+
+def compiled_forward(network, tta):
+    """The network as one traced graph for float batches, averaged over the eight views when tta."""
+    @tf.function(input_signature=[tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)])
+    def forward(x):
+        views = dihedral_views(x) if tta else [x]
+        return tf.add_n([network(v, training=False) for v in views]) / len(views)
+    return forward
+
+
 class Model:
     """What Codabench calls: Model() loads the weights beside this file, predict(X) gives labels."""
 
-    def __init__(self, weights_dir=None):
+    def __init__(self, weights_dir=None, tta=TEST_TIME_AUGMENTATION):
         folder = Path(weights_dir) if weights_dir else Path(__file__).resolve().parent
         files = sorted(folder.glob(WEIGHTS_GLOB))
         if not files:
             raise FileNotFoundError(f"no {WEIGHTS_GLOB} in {folder}: put the weights train.py wrote beside model.py")
         self.networks = [load_network(f)[0] for f in files]
-        spec = [tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)]
-        self._forward = [tf.function(lambda x, n=n: n(x, training=False), input_signature=spec)
-                         for n in self.networks]
+        self._forward = [compiled_forward(network, tta) for network in self.networks]
 
     def predict_proba(self, X):
         """Class probabilities (n, 8), averaged over the bundled networks."""

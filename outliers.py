@@ -296,12 +296,9 @@ def main():
     parser.add_argument("--out", default="reports", help="folder for outliers.json and outliers.png")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
-    from data import DataError, load_training_set, write_atomically
+    from data import load_or_exit, write_atomically
     from model import CLASS_NAMES
-    try:
-        images, labels = load_training_set(args.data)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    images, labels = load_or_exit(args.data)
 
     start = time.time()
     result, group, measured = analyse(images, labels)

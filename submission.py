@@ -97,20 +97,27 @@ def check_bundle(zip_path, images, labels=None):
     return report
 
 
-def build_bundle(weights_dir, out, images, labels=None):
-    """Zip model.py and the weights, check the zip, and only then move it to out."""
-    weights = sorted(Path(weights_dir).glob(WEIGHTS_GLOB))
-    if not weights:
-        raise BundleError(f"no {WEIGHTS_GLOB} in {weights_dir}/: train first (make train), "
-                          "or point WEIGHTS= at the folder train.py wrote")
+def build_bundle(weights_dirs, out, images, labels=None):
+    """Zip model.py and the weights of one or more runs, check the zip, and only then move it to out.
+
+    Several folders make an ensemble: model.py averages every weights*.npz it finds, so the second
+    folder's weights.npz goes in as weights-2.npz, and so on.
+    """
+    weights = {}
+    for i, folder in enumerate([weights_dirs] if isinstance(weights_dirs, (str, Path)) else weights_dirs):
+        found = sorted(Path(folder).glob(WEIGHTS_GLOB))
+        if not found:
+            raise BundleError(f"no {WEIGHTS_GLOB} in {folder}/: train first (make train), "
+                              "or point WEIGHTS= at the folder train.py wrote")
+        weights.update({(w.name if i == 0 else f"{w.stem}-{i + 1}.npz"): w for w in found})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             z.write(ROOT / "model.py", "model.py")
-            for w in weights:
-                z.write(w, w.name)
+            for name, w in weights.items():
+                z.write(w, name)
         report = check_bundle(tmp, images, labels)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -129,13 +136,14 @@ def describe(report):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="weights", help="folder train.py wrote (weights*.npz, split.json)")
+    p.add_argument("--weights", nargs="+", default=["weights"],
+                   help="folder(s) train.py wrote; several make an ensemble (the first one's split.json is used)")
     p.add_argument("--data", default="data/training_set.npz", help="training file, for held-out images")
     p.add_argument("--out", default="submission/submission.zip")
     p.add_argument("--check", metavar="ZIP", help="only check an existing zip")
     p.add_argument("--images", type=int, default=64, help="held-out images to predict in the check")
     args = p.parse_args()
-    images, labels = check_images(args.data, args.weights, args.images)
+    images, labels = check_images(args.data, args.weights[0], args.images)
     try:
         if args.check:
             print(f"{args.check}: OK, {describe(check_bundle(args.check, images, labels))}")

@@ -5,9 +5,11 @@ import subprocess
 import sys
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 
+import model
 import submission
 from conftest import ROOT, learnable_images
 
@@ -91,3 +93,19 @@ def test_tiny_training_on_real_images(real_npz, tmp_path):
     labels = np.array(answer["labels"])
     assert labels.shape == (len(holdout),) and ((labels >= 0) & (labels < 8)).all()
     # No accuracy bound: a few hundred real cells and a few minutes from random weights learn little.
+
+
+def test_two_runs_bundle_as_an_ensemble_that_model_py_averages(tmp_path):
+    architecture = {"backbone": "MobileNetV3Small", "input_size": 96, "dropout": 0.2}
+    runs = [tmp_path / "run1", tmp_path / "run2"]
+    for seed, run in enumerate(runs):
+        run.mkdir()
+        keras.utils.set_random_seed(seed)
+        model.save_network(model.build_network(**architecture), architecture, run / "weights.npz")
+    images = learnable_images(8)[0]
+    submission.build_bundle(runs, tmp_path / "submission.zip", images)
+    with zipfile.ZipFile(tmp_path / "submission.zip") as z:
+        assert sorted(z.namelist()) == ["model.py", "weights-2.npz", "weights.npz"]
+        z.extractall(tmp_path / "unpacked")
+    expected = np.mean([model.Model(run).predict_proba(images) for run in runs], axis=0)
+    np.testing.assert_allclose(model.Model(tmp_path / "unpacked").predict_proba(images), expected, atol=1e-5)

@@ -116,3 +116,14 @@ def test_weights_of_another_architecture_are_refused(bundle, tmp_path):
     model.save_network(network, {**ARCHITECTURE, "backbone": "MobileNetV3Small"}, tmp_path / "weights.npz")
     with pytest.raises(ValueError, match="does not fit"):
         model.Model(tmp_path)
+
+
+def test_test_time_augmentation_averages_the_eight_flips_and_rotations(bundle):
+    folder, _ = bundle
+    images, _ = learnable_images(6, seed=5)
+    plain, averaged = model.Model(folder, tta=False), model.Model(folder, tta=True)
+    views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    views += [v[:, :, ::-1] for v in views]
+    expected = np.mean([plain.predict_proba(v) for v in views], axis=0)
+    np.testing.assert_allclose(averaged.predict_proba(images), expected, atol=1e-5)
+    assert not np.allclose(plain.predict_proba(images), expected, atol=1e-5)  # the views do differ
