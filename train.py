@@ -53,16 +53,16 @@ PRESETS = {
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
     ),
-    # from scratch on 2 CPU cores in under an hour (issue 6): no ImageNet weights, so phase 1 is a
-    # warm phase of the whole network at a constant rate (cut on plateaus) and phase 2 one long
-    # cosine decay; at 64 px, with test-set-like corruptions on a quarter of the images each
+    # work in progress (issue 6, BENCHMARKS.md): from scratch on 2 CPU cores in under an hour. No
+    # ImageNet weights, so phase 1 is a warm phase of the whole network at a constant rate (cut on
+    # plateaus) and phase 2 one long cosine decay; at 64 px, with test-set-like corruptions
     "cpu": dict(
         backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
         max_images=None, holdout=0.1, validation=0.1,
         batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=0.25,
-        focal_gamma=2.0, label_smoothing=0.1, weight_decay=0.05,
-        epochs_head=6, lr_head=2e-3, plateau_patience=2,
-        epochs_finetune=24, lr_finetune=2e-3, restart_epochs=24, unfreeze=1000,
+        focal_gamma=2.0, label_smoothing=0.1, weight_decay=1e-4,
+        epochs_head=6, lr_head=1e-3, plateau_patience=2,
+        epochs_finetune=24, lr_finetune=1e-3, restart_epochs=24, unfreeze=1000,
         patience=8,
     ),
 }
