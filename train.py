@@ -367,8 +367,8 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
             if pretrained:
                 backbone_of(network).trainable = False  # a random backbone has nothing to protect: it trains from the start
             compile_network(network, config["lr_head"], config, alpha)
-        if state["epoch"] > 0:
-            checkpoint.restore(network)
+            if state["epoch"] > 0:
+                checkpoint.restore(network)  # in the scope: AdamW's variables are built here
         plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=config["plateau_patience"])
         run_phase(network, config["epochs_head"], train_ds, val_ds, checkpoint, config, plateau)
         state.update(phase="finetune", epoch=0, callbacks={}, stopped=False)
@@ -380,7 +380,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
         schedule = keras.optimizers.schedules.CosineDecayRestarts(
             config["lr_finetune"], first_decay_steps=config["restart_epochs"] * steps_per_epoch)
         compile_network(network, schedule, config, alpha)
-    checkpoint.restore(network)
+        checkpoint.restore(network)
     run_phase(network, config["epochs_finetune"], train_ds, val_ds, checkpoint, config)
 
     # the finished run: weights, split and history renamed into place, then the checkpoint goes

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import keras
+import tensorflow as tf
 
 import model
 import train
@@ -153,3 +154,28 @@ def test_early_stopping_waits_its_patience_also_across_a_resume(tmp_path):
     resumed = phase_on_noise(tmp_path / "b", epochs=6, patience=2, state=first.load())
     assert [row["epoch"] for row in resumed.state["history"]] == [1, 2, 3]
     assert resumed.state["stopped"]
+
+
+def test_a_checkpoint_restores_the_optimizer_state_also_under_mirrored_strategy(tmp_path):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    def compiled():
+        with strategy.scope():
+            network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D(),
+                                        keras.layers.Dense(8, activation="softmax")])
+            train.compile_network(network, 1e-3, train.PRESETS["tiny"], [1.0] * 8)
+        return network
+    first = compiled()
+    rng = np.random.default_rng(0)
+    first.fit(rng.uniform(0, 255, (32, 96, 96, 3)), np.eye(8)[rng.integers(0, 8, 32)], epochs=2, verbose=0)
+    checkpoint = train.Checkpoint(tmp_path / "checkpoint")
+    checkpoint.state = {"phase": "head", "epoch": 2, "history": [], "callbacks": {}}
+    checkpoint.save(first)
+
+    second = compiled()
+    with strategy.scope():
+        reloaded = train.Checkpoint(tmp_path / "checkpoint")
+        reloaded.load()
+        reloaded.restore(second)
+    assert int(second.optimizer.iterations.numpy()) == int(first.optimizer.iterations.numpy()) > 0
+    for a, b in zip(first.optimizer.variables + first.weights, second.optimizer.variables + second.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
