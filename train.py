@@ -36,7 +36,7 @@ PRESETS = {
     "seed": dict(
         backbone="EfficientNetV2L", backbone_weights="imagenet", input_size=96, dropout=0.3,
         max_images=None, holdout=0.1, validation=0.1,
-        batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=0.0,
+        batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0),
         focal_gamma=2.0, label_smoothing=0.0, weight_decay=1e-4,
         epochs_head=20, lr_head=1e-4, plateau_patience=2,                   # phase 1: backbone frozen
         epochs_finetune=30, lr_finetune=1e-5, restart_epochs=5, unfreeze=150,  # phase 2: top layers
@@ -47,7 +47,7 @@ PRESETS = {
     "tiny": dict(
         backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
         max_images=400, holdout=0.1, validation=0.1,
-        batch_size=16, augment_ops=3, augment_magnitude=0.5, corrupt_p=0.0,
+        batch_size=16, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0),
         focal_gamma=2.0, label_smoothing=0.0, weight_decay=1e-4,
         epochs_head=8, lr_head=2e-3, plateau_patience=2,
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
@@ -55,14 +55,15 @@ PRESETS = {
     ),
     # work in progress (issue 6, BENCHMARKS.md): from scratch on 2 CPU cores in under an hour. No
     # ImageNet weights, so phase 1 is a warm phase of the whole network at a constant rate (cut on
-    # plateaus) and phase 2 one long cosine decay; at 64 px, with test-set-like corruptions
+    # plateaus), learning the cells on RandAugment alone, and phase 2 one long cosine decay that
+    # adds the test-set-like corruptions (a random network does not start learning under them)
     "cpu": dict(
         backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
         max_images=None, holdout=0.1, validation=0.1,
-        batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=0.25,
+        batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=(0.0, 0.25),
         focal_gamma=2.0, label_smoothing=0.1, weight_decay=1e-4,
-        epochs_head=6, lr_head=1e-3, plateau_patience=2,
-        epochs_finetune=24, lr_finetune=1e-3, restart_epochs=24, unfreeze=1000,
+        epochs_head=8, lr_head=1e-3, plateau_patience=2,
+        epochs_finetune=22, lr_finetune=1e-3, restart_epochs=None, unfreeze=1000,
         patience=8,
     ),
 }
@@ -115,13 +116,13 @@ def make_dataset(images, labels, batch_size, augment=None, seed=0):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_augment(config, seed):
-    """RandAugment (the recipe), then, where the preset asks, the test-set-like corruptions below."""
+def make_augment(config, seed, corrupt_p):
+    """RandAugment (the recipe), then, when corrupt_p > 0, the test-set-like corruptions below."""
     rand_augment = keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=config["augment_ops"],
                                                magnitude=config["augment_magnitude"], seed=seed)
     def augment(x):
         x = rand_augment(x, training=True)
-        return corrupt_like_a_test_set(x, config["corrupt_p"]) if config["corrupt_p"] else x
+        return corrupt_like_a_test_set(x, corrupt_p) if corrupt_p else x
     return augment
 
 
@@ -354,7 +355,9 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
 
     strategy = strategy or choose_strategy()
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
-    train_ds = make_dataset(images[train_idx], labels[train_idx], batch_size, make_augment(config, seed), seed)
+    def train_ds(phase):  # corrupt_p holds each phase's share of corrupted images
+        augment = make_augment(config, seed, config["corrupt_p"][phase])
+        return make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed)
     val_ds = make_dataset(images[val_idx], labels[val_idx], batch_size)
     alpha = focal_alpha(labels[train_idx])
     steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
@@ -370,7 +373,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
             if state["epoch"] > 0:
                 checkpoint.restore(network)  # in the scope: AdamW's variables are built here
         plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=config["plateau_patience"])
-        run_phase(network, config["epochs_head"], train_ds, val_ds, checkpoint, config, plateau)
+        run_phase(network, config["epochs_head"], train_ds(0), val_ds, checkpoint, config, plateau)
         state.update(phase="finetune", epoch=0, callbacks={}, stopped=False)
         checkpoint.watched = {}
         checkpoint.save(network, with_optimizer=False)  # phase 2 starts from here, with a new optimizer
@@ -378,10 +381,11 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     with strategy.scope():
         unfreeze_top(network, config["unfreeze"], batchnorm=not pretrained)
         schedule = keras.optimizers.schedules.CosineDecayRestarts(
-            config["lr_finetune"], first_decay_steps=config["restart_epochs"] * steps_per_epoch)
+            config["lr_finetune"],  # restart_epochs None: one decay over the whole phase
+            first_decay_steps=(config["restart_epochs"] or config["epochs_finetune"]) * steps_per_epoch)
         compile_network(network, schedule, config, alpha)
         checkpoint.restore(network)
-    run_phase(network, config["epochs_finetune"], train_ds, val_ds, checkpoint, config)
+    run_phase(network, config["epochs_finetune"], train_ds(1), val_ds, checkpoint, config)
 
     # the finished run: weights, split and history renamed into place, then the checkpoint goes
     out.mkdir(parents=True, exist_ok=True)

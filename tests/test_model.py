@@ -127,3 +127,13 @@ def test_test_time_augmentation_averages_the_eight_flips_and_rotations(bundle):
     expected = np.mean([plain.predict_proba(v) for v in views], axis=0)
     np.testing.assert_allclose(averaged.predict_proba(images), expected, atol=1e-5)
     assert not np.allclose(plain.predict_proba(images), expected, atol=1e-5)  # the views do differ
+
+
+@pytest.mark.parametrize("backbone", ["VGG19", "ConvNeXtLarge"])
+def test_the_seed_comparisons_other_backbones_round_trip_through_a_bundle(backbone, tmp_path):
+    architecture = {"backbone": backbone, "input_size": 96, "dropout": 0.3}
+    network = model.build_network(**architecture)
+    model.save_network(network, architecture, tmp_path / "weights.npz", float16=True)
+    images = learnable_images(3)[0]
+    probs = model.Model(tmp_path).predict_proba(images)
+    np.testing.assert_allclose(probs, network.predict(images.astype(np.float32), verbose=0), atol=2e-2)

@@ -124,8 +124,8 @@ def test_the_same_seed_gives_the_same_cleaning_and_split():
 
 def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline():
     images, labels = learnable_images(64)
-    config = {**train.PRESETS["tiny"], "corrupt_p": 0.5}
-    batch = next(iter(train.make_dataset(images, labels, 64, train.make_augment(config, seed=0))))[0].numpy()
+    augment = train.make_augment(train.PRESETS["tiny"], seed=0, corrupt_p=0.5)
+    batch = next(iter(train.make_dataset(images, labels, 64, augment)))[0].numpy()
     assert batch.shape == images.shape and batch.dtype == np.float32
     assert batch.min() >= 0 and batch.max() <= 255
     plain = tf.constant(images[:32], tf.float32)
