@@ -20,7 +20,7 @@ import numpy as np
 import keras
 
 import train
-from model import Model, build_network, load_network, save_network
+from model import WEIGHTS_GLOB, Model, build_network, load_network, save_network
 
 ROOT = Path(__file__).resolve().parent
 
@@ -59,12 +59,14 @@ def speed(backbone, weights, n, repeats):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if weights:
-            network, _ = load_network(sorted(Path(weights).glob("weights*.npz"))[0])
-            shutil.copy(sorted(Path(weights).glob("weights*.npz"))[0], tmp / "weights.npz")
+            first = sorted(Path(weights).glob(WEIGHTS_GLOB))[0]
+            network, _ = load_network(first)
+            shutil.copy(first, tmp / "weights.npz")
         else:
             config = {**train.PRESETS["seed"], "backbone": backbone}
-            network = build_network(**{k: config[k] for k in train.ARCHITECTURE_KEYS})
-            save_network(network, {k: config[k] for k in train.ARCHITECTURE_KEYS}, tmp / "weights.npz")
+            architecture = {k: config[k] for k in train.ARCHITECTURE_KEYS}
+            network = build_network(**architecture)
+            save_network(network, architecture, tmp / "weights.npz")
         network.save(tmp / "weights.keras")
         X = np.random.default_rng(0).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
         ours, template = Model(tmp), keras.models.load_model(tmp / "weights.keras")

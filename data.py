@@ -3,14 +3,12 @@
 Light on purpose (numpy and scikit-learn only) so every tool can import it quickly.
 """
 import hashlib
-import io
-import os
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from model import IMAGE_SIZE, NUM_CLASSES
+from model import IMAGE_SIZE, NUM_CLASSES, write_atomically  # noqa: F401 (the tools take it from here)
 
 HOW_TO_GET_IT = (
     "Put the challenge's training_set.npz (from its Codabench page) at data/training_set.npz or pass "
@@ -87,24 +85,11 @@ def fingerprint(images, labels):
     return f"{len(labels)}-{h.hexdigest()[:16]}"
 
 
-def write_atomically(path, payload):
-    """Write bytes so that a reader, or a run killed mid-write, sees the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_figure(fig, path, dpi=110):
     """Render a matplotlib figure to PNG and write it atomically."""
     import matplotlib.pyplot as plt
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     plt.close(fig)
-    write_atomically(path, buffer.getvalue())
 
 
 def stratified_split(indices, labels, fraction, seed):

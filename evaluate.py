@@ -454,7 +454,7 @@ def main(argv=None):
 
     seconds["total"] = round(time.time() - started, 1)
     report["seconds"] = seconds
-    data.write_atomically(out / "evaluation.json", (json.dumps(report, indent=2) + "\n").encode())
+    data.write_atomically(out / "evaluation.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
     print()
     print(format_table(report))
     print(f"\nwrote {out}/evaluation.json and pictures in {seconds['total']:.0f} s")

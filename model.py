@@ -69,13 +69,19 @@ def save_network(network, config, path, float16=False):
         if float16 and w.dtype == np.float32 and np.isfinite(w.astype(np.float16)).all():
             w = w.astype(np.float16)
         arrays[f"w{i:04d}"] = w
+    write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def write_atomically(path, write):
+    """Call write(file) on a temporary file, then rename it into place: readers, and runs killed
+    mid-write, see the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    os.replace(tmp, path)
 
 
 def load_network(path):

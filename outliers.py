@@ -326,8 +326,9 @@ def main():
         "settings": {"MASS_COPIES": MASS_COPIES, "PHASH_CANDIDATE": PHASH_CANDIDATE,
                      "NEAR_COPY_RMS": NEAR_COPY_RMS, "GREY_CHROMA": GREY_CHROMA, "FAR_OUT": FAR_OUT},
     }
-    write_atomically(out / "outliers.json", json.dumps(report, indent=1).encode())
-    write_atomically(out / "outliers.png", contact_sheet(images, labels, result, group, CLASS_NAMES, misses + greyest))
+    write_atomically(out / "outliers.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
+    sheet = contact_sheet(images, labels, result, group, CLASS_NAMES, misses + greyest)
+    write_atomically(out / "outliers.png", lambda f: f.write(sheet))
     print(f"{len(labels)} images, {len(result['outliers'])} outliers, {len(result['duplicates'])} duplicates, "
           f"{len(kept)} kept ({seconds:.0f} s)")
     for r, n in result["counts"].items():

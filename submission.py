@@ -104,7 +104,7 @@ def build_bundle(weights_dirs, out, images, labels=None):
     folder's weights.npz goes in as weights-2.npz, and so on.
     """
     weights = {}
-    for i, folder in enumerate([weights_dirs] if isinstance(weights_dirs, (str, Path)) else weights_dirs):
+    for i, folder in enumerate(weights_dirs):
         found = sorted(Path(folder).glob(WEIGHTS_GLOB))
         if not found:
             raise BundleError(f"no {WEIGHTS_GLOB} in {folder}/: train first (make train), "

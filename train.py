@@ -262,7 +262,7 @@ class Checkpoint(keras.callbacks.Callback):
         if stop is not None and stop.best_weights is not None:
             np.savez(folder / "best.npz", *stop.best_weights)
         (folder / "state.json").write_text(json.dumps(self.state))
-        data.write_atomically(self.folder / "latest.json", json.dumps({"folder": name}).encode())
+        data.write_atomically(self.folder / "latest.json", lambda f: f.write(json.dumps({"folder": name}).encode()))
         for old in self.folder.iterdir():  # only now may the previous checkpoint go
             if old.is_dir() and old.name != name:
                 shutil.rmtree(old)
@@ -390,7 +390,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     # the finished run: weights, split and history renamed into place, then the checkpoint goes
     out.mkdir(parents=True, exist_ok=True)
     save_weights(network, config, out / "weights.npz", images[val_idx])
-    data.write_atomically(out / "split.json", json.dumps({**state["split"], "config": config}).encode())
+    data.write_atomically(out / "split.json", lambda f: f.write(json.dumps({**state["split"], "config": config}).encode()))
     save_history(state["history"], out)
     shutil.rmtree(checkpoint.folder)
     return state["history"]
@@ -420,7 +420,7 @@ def save_history(rows, out):
     writer = csv.DictWriter(text, list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
-    data.write_atomically(out / "history.csv", text.getvalue().encode())
+    data.write_atomically(out / "history.csv", lambda f: f.write(text.getvalue().encode()))
 
     import matplotlib
     matplotlib.use("Agg")

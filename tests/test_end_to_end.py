@@ -66,11 +66,11 @@ def test_a_broken_bundle_is_never_written(tmp_path, learnable_npz):
     zip_path.write_bytes(b"the previous zip")
     images = learnable_images(4)[0]
     with pytest.raises(submission.BundleError, match="failed"):
-        submission.build_bundle(weights, zip_path, images)
+        submission.build_bundle([weights], zip_path, images)
     assert zip_path.read_bytes() == b"the previous zip"
     assert list(tmp_path.glob("*.tmp")) == []
     with pytest.raises(submission.BundleError, match="train first"):
-        submission.build_bundle(tmp_path / "empty", zip_path, images)
+        submission.build_bundle([tmp_path / "empty"], zip_path, images)
 
 
 def test_check_reports_the_scorers_traceback(tmp_path):
