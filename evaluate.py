@@ -231,6 +231,16 @@ def load_holdout(data_path, weights_dir):
     return images[held], labels[held], held, split
 
 
+def load_ensemble_holdout(data_path, weights_dirs):
+    """load_holdout for several runs scored as one ensemble: they must all have held out the same images."""
+    first = load_holdout(data_path, weights_dirs[0])
+    for folder in weights_dirs[1:]:
+        if not np.array_equal(load_holdout(data_path, folder)[2], first[2]):
+            raise SplitError(f"{weights_dirs[0]} and {folder} held out different images, so each member has trained on "
+                             "images the other is scored on. Train the members with the same --split-seed")
+    return first
+
+
 # -----------------------------------------------------------------------------
 # Scoring
 
@@ -395,7 +405,8 @@ def format_table(report):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/training_set.npz", help="the training file the split was made from")
-    parser.add_argument("--weights", default="weights", help="folder with weights*.npz and split.json")
+    parser.add_argument("--weights", nargs="+", default=["weights"],
+                        help="folder with weights*.npz and split.json; several folders are scored as one ensemble")
     parser.add_argument("--out", default="reports", help="folder for evaluation.json and the pictures")
     parser.add_argument("--seed", type=int, default=0, help="picks the robustness images and the corruptions")
     parser.add_argument("--limit", type=int, default=None, help="held-out images per corruption (default: all)")
@@ -414,17 +425,17 @@ def main(argv=None):
     started = time.time()
 
     try:
-        images, labels, held, split = load_holdout(args.data, args.weights)
+        images, labels, held, split = load_ensemble_holdout(args.data, args.weights)
     except (SplitError, data.DataError) as e:
         raise SystemExit(f"evaluate.py: {e}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"scoring {len(held)} held-out images of {args.data} with {args.weights}", flush=True)
+    print(f"scoring {len(held)} held-out images of {args.data} with {' + '.join(args.weights)}", flush=True)
 
     # Scored the way Codabench calls the submission: Model() then predict() on the uint8 batch.
     net = model.Model(args.weights, tta=args.tta)
     predicted = net.predict(images)
-    report = {"data": str(args.data), "weights": str(args.weights), "fingerprint": split["fingerprint"],
+    report = {"data": str(args.data), "weights": " + ".join(args.weights), "fingerprint": split["fingerprint"],
               "held_out": int(len(held)), "seed": args.seed, "class_names": list(model.CLASS_NAMES),
               **score(labels, predicted)}
     seconds = {"clean": round(time.time() - started, 1)}

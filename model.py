@@ -148,10 +148,13 @@ class Model:
     """What Codabench calls: Model() loads the weights beside this file, predict(X) gives labels."""
 
     def __init__(self, weights_dir=None, tta=TEST_TIME_AUGMENTATION):
-        folder = Path(weights_dir) if weights_dir else Path(__file__).resolve().parent
-        files = sorted(folder.glob(WEIGHTS_GLOB))
+        """weights_dir: a folder, or a list of folders whose networks make one ensemble; default beside this file."""
+        weights_dir = weights_dir or Path(__file__).resolve().parent
+        folders = weights_dir if isinstance(weights_dir, (list, tuple)) else [weights_dir]
+        files = sorted(f for folder in folders for f in Path(folder).glob(WEIGHTS_GLOB))
         if not files:
-            raise FileNotFoundError(f"no {WEIGHTS_GLOB} in {folder}: put the weights train.py wrote beside model.py")
+            raise FileNotFoundError(f"no {WEIGHTS_GLOB} in {', '.join(map(str, folders))}: "
+                                    "put the weights train.py wrote beside model.py")
         self.networks = [load_network(f)[0] for f in files]
         self._forward = [compiled_forward(network, tta) for network in self.networks]
 

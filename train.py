@@ -53,17 +53,17 @@ PRESETS = {
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
     ),
-    # work in progress (issue 6, BENCHMARKS.md): from scratch on 2 CPU cores in under an hour. No
-    # ImageNet weights, so phase 1 is a warm phase of the whole network at a constant rate (cut on
-    # plateaus), learning the cells on RandAugment alone, and phase 2 one long cosine decay that
-    # adds the test-set-like corruptions (a random network does not start learning under them)
+    # from scratch on 2 CPU cores in under an hour (issue 6, BENCHMARKS.md). No ImageNet weights,
+    # so phase 1 is a warm phase of the whole network at a constant rate (cut on long plateaus),
+    # learning the cells on RandAugment alone, and phase 2 one long cosine decay, after a warm-up,
+    # that adds the test-set-like corruptions (a random network does not start learning under them)
     "cpu": dict(
         backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
         max_images=None, holdout=0.1, validation=0.1,
-        batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=(0.0, 0.25),
+        batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=(0.0, 0.2),
         focal_gamma=2.0, label_smoothing=0.1, weight_decay=1e-4,
-        epochs_head=8, lr_head=1e-3, plateau_patience=2,
-        epochs_finetune=22, lr_finetune=1e-3, restart_epochs=None, unfreeze=1000,
+        epochs_head=10, lr_head=1e-3, plateau_patience=4,
+        epochs_finetune=45, lr_finetune=1e-3, restart_epochs=None, unfreeze=1000,
         patience=8,
     ),
 }
@@ -130,8 +130,10 @@ def corrupt_like_a_test_set(x, p):
     """Changes RandAugment lacks and a modified test set may carry, each on a share p of the batch.
 
     x: float (n, 96, 96, 3) in [0, 255]. Cells have no orientation, so the eight flips and
-    right-angle rotations are applied to every image; the rest (hue, saturation, grayscale,
-    colour cast, blur, noise, pixelation, zoom, occlusion) to a random part of the batch each.
+    right-angle rotations are applied to every image; each of the rest (hue, saturation,
+    grayscale, colour cast, brightness, contrast, blur, noise, pixelation, rotation, zoom, shift,
+    occlusion) to its own random share p. Ranges reach past the strongest level of evaluate.py's
+    suite, so its corruptions fall inside what training has seen.
     """
     n, size = tf.shape(x)[0], x.shape[1]
     def some(shape=(1, 1, 1)):
@@ -142,34 +144,48 @@ def corrupt_like_a_test_set(x, p):
     x = tf.where(uniform(0, 1) < 0.5, tf.transpose(x, [0, 2, 1, 3]), x)
     x = tf.image.random_flip_up_down(tf.image.random_flip_left_right(x))
 
+    # colour: the stain and the camera
     hsv = tf.image.rgb_to_hsv(x / 255.0)
-    hue = tf.where(some((1, 1)), (hsv[..., 0] + uniform(-0.12, 0.12, (1, 1))) % 1.0, hsv[..., 0])
-    saturation = tf.where(some((1, 1)), tf.clip_by_value(hsv[..., 1] * uniform(0.2, 2.5, (1, 1)), 0, 1), hsv[..., 1])
+    hue = tf.where(some((1, 1)), (hsv[..., 0] + uniform(-0.15, 0.15, (1, 1))) % 1.0, hsv[..., 0])
+    saturation = tf.where(some((1, 1)), tf.clip_by_value(hsv[..., 1] * uniform(0.1, 3.0, (1, 1)), 0, 1), hsv[..., 1])
     x = tf.image.hsv_to_rgb(tf.stack([hue, saturation, hsv[..., 2]], axis=-1)) * 255.0
     x = tf.where(some(), tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)), x)
-    x = x + tf.where(some(), uniform(-50, 50, (1, 1, 3)), 0.0)  # colour cast
+    x = x + tf.where(some(), uniform(-60, 60, (1, 1, 3)), 0.0)  # colour cast
+    x = x + tf.where(some(), uniform(-80, 80), 0.0)  # brightness
+    mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
+    x = tf.where(some(), mean + (x - mean) * tf.exp(uniform(np.log(0.3), np.log(2.0))), x)  # contrast
+    x = tf.clip_by_value(x, 0.0, 255.0)
 
-    sigma = tf.random.uniform([], 0.5, 1.8)  # gaussian blur, one width per batch
+    # optics and sensor
+    sigma = tf.random.uniform([], 0.5, 2.0)  # gaussian blur, one width per batch
     taps = tf.exp(-0.5 * (tf.range(-3.0, 4.0) / sigma) ** 2)
     kernel = tf.tile((taps[:, None] * taps[None, :] / tf.reduce_sum(taps) ** 2)[:, :, None, None], [1, 1, 3, 1])
     x = tf.where(some(), tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME"), x)
-    x = x + tf.where(some(), tf.random.normal(tf.shape(x)) * uniform(3, 30), 0.0)  # sensor noise
+    x = x + tf.where(some(), tf.random.normal(tf.shape(x)) * uniform(3, 35), 0.0)  # sensor noise
     coarse = tf.image.resize(tf.image.resize(x, [size // 3, size // 3], "area"), [size, size], "nearest")
     x = tf.where(some(), coarse, x)  # pixelation
 
-    # zoom in or out and shift: a random box per image, black outside the picture
-    scale, centre = uniform(0.75, 1.3, ()), uniform(0.35, 0.65, (2,))
-    boxes = tf.concat([centre - scale[:, None] / 2, centre + scale[:, None] / 2], axis=1)
-    boxes = tf.where(some((1,)), boxes, tf.constant([[0.0, 0.0, 1.0, 1.0]]))
-    x = tf.image.crop_and_resize(x, boxes, tf.range(n), [size, size])
+    # geometry: rotation by any angle, zoom in or out, shift; one affine map, black outside the picture
+    angle = tf.where(some(()), uniform(-np.pi / 4, np.pi / 4, ()), 0.0)
+    zoom = tf.where(some(()), tf.exp(uniform(-np.log(1.6), np.log(1.6), ())), 1.0)
+    shift = tf.where(some((2,)), uniform(-0.25 * size, 0.25 * size, (2,)), 0.0)
+    centre = (size - 1) / 2
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom  # output pixel -> input pixel, about the centre
+    transforms = tf.stack([cos, -sin, centre - cos * centre + sin * centre + shift[:, 0],
+                           sin, cos, centre - sin * centre - cos * centre + shift[:, 1],
+                           tf.zeros([n]), tf.zeros([n])], axis=1)
+    x = tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=transforms, output_shape=[size, size],
+                                              fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
 
-    # occlusion: a dark or light square covering up to a quarter of the side
+    # occlusion: one to three squares of 8 to 32 pixels (at 96 px), black or a random grey
     grid = tf.cast(tf.range(size), tf.float32)
-    top_left, side = uniform(0, size, (2,)), uniform(size / 8, size / 4, ())
-    inside_y = (grid[None, :] >= top_left[:, :1]) & (grid[None, :] < top_left[:, :1] + side[:, None])
-    inside_x = (grid[None, :] >= top_left[:, 1:]) & (grid[None, :] < top_left[:, 1:] + side[:, None])
-    patch = (inside_y[:, :, None] & inside_x[:, None, :])[..., None] & some()
-    x = tf.where(patch, uniform(0, 255), x)
+    squares = tf.where(some(()), tf.random.uniform([n], 1, 4, tf.int32), 0)
+    for k in range(3):
+        top_left, side = uniform(0, size, (2,)), uniform(size / 12, size / 3, ())
+        inside_y = (grid[None, :] >= top_left[:, :1]) & (grid[None, :] < top_left[:, :1] + side[:, None])
+        inside_x = (grid[None, :] >= top_left[:, 1:]) & (grid[None, :] < top_left[:, 1:] + side[:, None])
+        patch = (inside_y[:, :, None] & inside_x[:, None, :])[..., None] & (squares > k)[:, None, None, None]
+        x = tf.where(patch, tf.where(uniform(0, 1) < 0.5, 0.0, uniform(0, 255)), x)
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
@@ -225,6 +241,18 @@ def compile_network(network, learning_rate, config, alpha):
         loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=config["focal_gamma"],
                                                        label_smoothing=config["label_smoothing"]),
         metrics=["accuracy"])
+
+
+def finetune_schedule(config, steps_per_epoch):
+    """Phase 2's learning rate: cosine decay with restarts every restart_epochs, or, when that is None,
+    one decay over the whole phase after an epoch of linear warm-up (a fresh AdamW's first steps are
+    its largest, and a network trained in phase 1 would be thrown off by them)."""
+    if config["restart_epochs"]:
+        return keras.optimizers.schedules.CosineDecayRestarts(
+            config["lr_finetune"], first_decay_steps=config["restart_epochs"] * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        config["lr_finetune"] / 100, decay_steps=max(config["epochs_finetune"] - 1, 1) * steps_per_epoch,
+        warmup_target=config["lr_finetune"], warmup_steps=steps_per_epoch)
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -287,9 +315,13 @@ class Checkpoint(keras.callbacks.Callback):
         if "early_stopping" in self.watched and self.current and (self.current / "best.npz").is_file():
             self.watched["early_stopping"].best_weights = arrays(self.current / "best.npz")
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
     def on_epoch_end(self, epoch, logs=None):
         self.state["history"].append({"phase": self.state["phase"], "epoch": epoch + 1,
-                                      **{k: float(v) for k, v in (logs or {}).items()}})
+                                      **{k: float(v) for k, v in (logs or {}).items()},
+                                      "seconds": round(time.time() - self.started, 1)})
         self.state["epoch"] = epoch + 1
         self.state["stopped"] = bool(self.model.stop_training)  # early stopping ended the phase here
         self.state["callbacks"] = {name: {key: float(getattr(callback, key)) for key in WATCHED[name]}
@@ -320,8 +352,12 @@ def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=Non
                 verbose=1 if sys.stdout.isatty() else 2)  # bars on a terminal, a line per epoch in logs
 
 
-def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, resume=False, overwrite=False):
+def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, resume=False, overwrite=False,
+          split_seed=0):
     """The whole recipe, from the data file to out/weights.npz. Returns the history rows.
+
+    seed fixes the initial weights and the augmentation, split_seed which images are held out: runs
+    of several seeds on one split_seed make an ensemble that evaluate.py can score honestly.
 
     Every epoch is checkpointed in out/checkpoint; resume=True continues a killed run from its
     last complete epoch, in its phase, with its split and config.
@@ -342,8 +378,8 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
         log(f"resuming from phase {state['phase']} epoch {state['epoch']}")
     else:
         shutil.rmtree(checkpoint.folder, ignore_errors=True)
-        train_idx, val_idx, holdout_idx, removed = split_data(images, labels, config, seed, keep_outliers)
-        split = {"fingerprint": data.fingerprint(images, labels), "data": str(data_path), "seed": seed,
+        train_idx, val_idx, holdout_idx, removed = split_data(images, labels, config, split_seed, keep_outliers)
+        split = {"fingerprint": data.fingerprint(images, labels), "data": str(data_path), "split_seed": split_seed,
                  "holdout": holdout_idx.tolist(), "validation": val_idx.tolist(), "train": train_idx.tolist(),
                  "removed": removed}
         state = {"config": config, "seed": seed, "split": split, "phase": "head", "epoch": 0,
@@ -380,10 +416,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
 
     with strategy.scope():
         unfreeze_top(network, config["unfreeze"], batchnorm=not pretrained)
-        schedule = keras.optimizers.schedules.CosineDecayRestarts(
-            config["lr_finetune"],  # restart_epochs None: one decay over the whole phase
-            first_decay_steps=(config["restart_epochs"] or config["epochs_finetune"]) * steps_per_epoch)
-        compile_network(network, schedule, config, alpha)
+        compile_network(network, finetune_schedule(config, steps_per_epoch), config, alpha)
         checkpoint.restore(network)
     run_phase(network, config["epochs_finetune"], train_ds(1), val_ds, checkpoint, config)
 
@@ -451,7 +484,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs-head", type=int, help="phase 1 epochs (backbone frozen)")
     p.add_argument("--epochs-finetune", type=int, help="phase 2 epochs (top layers unfrozen)")
     p.add_argument("--batch-size", type=int, help="images per step on each device")
-    p.add_argument("--seed", type=int, default=0, help="fixes the split, the augmentation and the initialisation")
+    p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the augmentation")
+    p.add_argument("--split-seed", type=int, default=0, help="fixes the cleaning sample and the held-out images")
     p.add_argument("--out", default="weights", help="folder for weights.npz, split.json and the history")
     p.add_argument("--keep-outliers", action="store_true", help="train on every image, outliers included")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run checkpointed in --out")
@@ -468,6 +502,7 @@ if __name__ == "__main__":
     args, config = parse_args()
     log(f"preset {args.preset}: {config}")
     try:
-        train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume, overwrite=args.overwrite)
+        train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume, overwrite=args.overwrite,
+              split_seed=args.split_seed)
     except data.DataError as e:
         sys.exit(f"error: {e}")

@@ -109,3 +109,4 @@ def test_two_runs_bundle_as_an_ensemble_that_model_py_averages(tmp_path):
         z.extractall(tmp_path / "unpacked")
     expected = np.mean([model.Model(run).predict_proba(images) for run in runs], axis=0)
     np.testing.assert_allclose(model.Model(tmp_path / "unpacked").predict_proba(images), expected, atol=1e-5)
+    np.testing.assert_allclose(model.Model(runs).predict_proba(images), expected, atol=1e-5)  # how evaluate.py scores them

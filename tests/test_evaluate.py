@@ -157,3 +157,25 @@ def test_refuses_a_missing_or_leaky_split(evaluated, tmp_path):
     (weights / "split.json").write_text(json.dumps(leaky))
     with pytest.raises(evaluate.SplitError, match="also in 'train'"):
         evaluate.load_holdout(evaluated["data"], weights)
+
+
+def test_several_runs_are_scored_as_one_ensemble_only_on_a_shared_split(evaluated, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    config = {"backbone": "MobileNetV3Small", "input_size": 96, "dropout": 0.2}
+    model.save_network(model.build_network(**config), config, other / "weights.npz")
+    shutil.copy(evaluated["weights"] / "split.json", other / "split.json")
+    runs = [str(evaluated["weights"]), str(other)]
+    report = evaluate.main(["--data", str(evaluated["data"]), "--weights", *runs, "--out", str(tmp_path / "r"),
+                            "--no-robustness"])
+    images, labels = data.load_training_set(evaluated["data"])
+    averaged = np.mean([model.Model(run).predict_proba(images[evaluated["held"]]) for run in runs], axis=0)
+    assert report["confusion_matrix"] == evaluate.score(labels[evaluated["held"]], averaged.argmax(1))["confusion_matrix"]
+
+    # a member that held out other images has trained on some of the ensemble's held-out ones
+    split = dict(evaluated["split"], holdout=evaluated["split"]["train"][:N_HELD],
+                 train=evaluated["held"].tolist() + evaluated["split"]["train"][N_HELD:])
+    (other / "split.json").write_text(json.dumps(split))
+    with pytest.raises(SystemExit, match="held out different images.*--split-seed"):
+        evaluate.main(["--data", str(evaluated["data"]), "--weights", *runs, "--out", str(tmp_path / "r"),
+                       "--no-robustness"])

@@ -1,4 +1,7 @@
 """The recipe's parts: focal loss, freezing, the held-out split, backbone weights, the strategy."""
+import json
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import keras
@@ -106,9 +109,13 @@ def test_backbone_weights_from_a_local_file(tmp_path):
 def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_path):
     config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1}
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    rows = train.train(config, learnable_npz, tmp_path, keep_outliers=True, strategy=strategy)
+    rows = train.train(config, learnable_npz, tmp_path, seed=5, keep_outliers=True, strategy=strategy)
     assert [r["phase"] for r in rows] == ["head", "finetune"]
     assert (tmp_path / "weights.npz").is_file() and (tmp_path / "history.png").is_file()
+    # the held-out images follow split_seed (default 0), not seed: several seeds make one ensemble
+    images, labels = data.load_training_set(learnable_npz)
+    expected = train.split_data(images, labels, config, seed=0, keep_outliers=True)[2]
+    assert json.loads((tmp_path / "split.json").read_text())["holdout"] == expected.tolist()
 
 
 def test_the_same_seed_gives_the_same_cleaning_and_split():
@@ -135,3 +142,17 @@ def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline(
     # p = 0 leaves only the flips and right-angle rotations: the same pixels, rearranged
     turned = train.corrupt_like_a_test_set(plain, 0.0).numpy()
     np.testing.assert_allclose(np.sort(turned.reshape(32, -1), axis=1), np.sort(images[:32].reshape(32, -1).astype(np.float32), axis=1), atol=1e-3)
+
+
+def test_finetune_schedule_warms_up_for_one_epoch_then_decays_or_restarts():
+    steps = 10
+    one_decay = train.finetune_schedule({**train.PRESETS["cpu"], "epochs_finetune": 5}, steps)
+    rates = [float(one_decay(step)) for step in range(5 * steps + 1)]
+    peak = train.PRESETS["cpu"]["lr_finetune"]
+    assert rates[0] == pytest.approx(peak / 100)  # not a full-size first step on fresh AdamW moments
+    assert all(a < b for a, b in pairwise(rates[:steps + 1])) and rates[steps] == pytest.approx(peak)
+    assert all(a >= b for a, b in pairwise(rates[steps:])) and rates[-1] < peak / 1000
+    restarts = train.finetune_schedule(train.PRESETS["tiny"], steps)  # restart_epochs 2: back to the top at epoch 2
+    top = train.PRESETS["tiny"]["lr_finetune"]
+    assert float(restarts(0)) == pytest.approx(top) and float(restarts(2 * steps - 1)) < top / 10
+    assert float(restarts(2 * steps)) == pytest.approx(top)
