@@ -2,12 +2,17 @@
 
     .venv/bin/python benchmark.py zip-size [--backbone EfficientNetV2L]
     .venv/bin/python benchmark.py speed [--backbone EfficientNetV2L] [--weights DIR] [--images 512] [--repeats 3]
+    .venv/bin/python benchmark.py train-speed [--preset cpu] [--images 512] [--repeats 3]
 
 zip-size: the submission zip of an untrained network of the `seed` preset (float32 and float16
 storage), against the plain template's `model.save('weights.keras')` of a compiled model, before
 and after one training step (the step creates AdamW's two moments per trainable weight).
-speed: images per second of Model.predict against the template's keras.models.load_model then
-model.predict(X).argmax(1), on the same network and images, with a check that the labels agree.
+speed: images per second of Model.predict without test-time augmentation against the template's
+keras.models.load_model then model.predict(X).argmax(1), on the same network and images, with a
+check that the labels agree; then of Model.predict with it (the default).
+train-speed: images per second of a preset's training steps, input pipeline included (phase 1's
+augmentation, then phase 2's with the corruptions), and the wall time that makes for the preset's
+epochs on the shared data: how long `make train PRESET=cpu` will take on this machine.
 """
 import argparse
 import shutil
@@ -69,8 +74,10 @@ def speed(backbone, weights, n, repeats):
             save_network(network, architecture, tmp / "weights.npz")
         network.save(tmp / "weights.keras")
         X = np.random.default_rng(0).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
-        ours, template = Model(tmp), keras.models.load_model(tmp / "weights.keras")
-        runs = {"ours": lambda: ours.predict(X), "template": lambda: template.predict(X, verbose=0).argmax(1)}
+        ours, ours_tta = Model(tmp, tta=False), Model(tmp, tta=True)
+        template = keras.models.load_model(tmp / "weights.keras")
+        runs = {"ours": lambda: ours.predict(X), "template": lambda: template.predict(X, verbose=0).argmax(1),
+                "ours with TTA": lambda: ours_tta.predict(X)}
         labels = {name: run() for name, run in runs.items()}  # first call: tracing, not timed
         rates = {}
         for name, run in runs.items():
@@ -82,18 +89,46 @@ def speed(backbone, weights, n, repeats):
             rates[name] = n / float(np.median(times))
         same = np.array_equal(labels["ours"], labels["template"])
         print(f"{network.name}: ours {rates['ours']:.1f} images/s, template {rates['template']:.1f} images/s, "
-              f"ratio {rates['ours'] / rates['template']:.2f}; labels identical: {same}")
+              f"ratio {rates['ours'] / rates['template']:.2f}; labels identical: {same}; "
+              f"ours with test-time augmentation (eight views) {rates['ours with TTA']:.1f} images/s")
+
+
+def train_speed(preset, n, repeats, training_images=11071):  # the shared data's training part after cleaning
+    """Median training images per second of each phase of a preset, on n noise images, and the projected time."""
+    config = train.PRESETS[preset]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+    labels = rng.integers(0, 8, n)
+    network = train.create_network({**config, "backbone_weights": "none"})
+    train.compile_network(network, 1e-4, config, train.focal_alpha(labels))
+    minutes, steps = 0.0, n // config["batch_size"]
+    for phase, epochs in enumerate((config["epochs_head"], config["epochs_finetune"])):
+        augment = train.make_augment(config, 0, config["corrupt_p"][phase])
+        dataset = train.make_dataset(images, labels, config["batch_size"], augment).repeat()
+        # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation
+        # runs ahead of the training step, on the cycles the step leaves idle; the first epoch traces
+        ends = []
+        timer = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs, ends=ends: ends.append(time.perf_counter()))
+        network.fit(dataset, steps_per_epoch=steps, epochs=repeats + 1, callbacks=[timer], verbose=0)
+        rate = steps * config["batch_size"] / float(np.median(np.diff(ends)))
+        minutes += epochs * training_images / rate / 60
+        print(f"{preset}, phase {phase + 1} (corrupt_p {config['corrupt_p'][phase]}): {rate:.1f} training images/s")
+    print(f"{preset}: about {minutes:.0f} minutes for {config['epochs_head']} + {config['epochs_finetune']} epochs "
+          f"of {training_images:,} images, validation and start-up not included")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["zip-size", "speed"])
+    p.add_argument("what", choices=["zip-size", "speed", "train-speed"])
     p.add_argument("--backbone", default=train.PRESETS["seed"]["backbone"])
+    p.add_argument("--preset", default="cpu", help="train-speed: the preset whose training is timed")
     p.add_argument("--weights", help="speed: a folder train.py wrote, instead of an untrained --backbone")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     if args.what == "zip-size":
         zip_size(args.backbone)
-    else:
+    elif args.what == "speed":
         speed(args.backbone, args.weights, args.images, args.repeats)
+    else:
+        train_speed(args.preset, args.images, args.repeats)
