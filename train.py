@@ -53,7 +53,7 @@ PRESETS = {
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
     ),
-    # from scratch on 2 CPU cores in under an hour (issue 6, BENCHMARKS.md). No ImageNet weights,
+    # from scratch on 2 CPU cores (work in progress: issue 6, BENCHMARKS.md). No ImageNet weights,
     # so phase 1 is a warm phase of the whole network at a constant rate (cut on long plateaus),
     # learning the cells on RandAugment alone, and phase 2 one long cosine decay, after a warm-up,
     # that adds the test-set-like corruptions (a random network does not start learning under them)
