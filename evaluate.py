@@ -199,9 +199,24 @@ class SplitError(Exception):
     """The weights folder has no usable split for this data."""
 
 
-def load_holdout(data_path, weights_dir):
-    """Return (images, labels, held-out indices, split dict) or raise SplitError / data.DataError saying why."""
+def load_holdout(data_path, weights_dirs):
+    """Return (images, labels, held-out indices, split dict) or raise SplitError / data.DataError saying why.
+
+    weights_dirs: one run's folder, or several scored as one ensemble, which must all have held out
+    the same images (the data file is read once).
+    """
+    folders = weights_dirs if isinstance(weights_dirs, (list, tuple)) else [weights_dirs]
     images, labels = data.load_training_set(data_path)
+    held, split = read_split(data_path, folders[0], images, labels)
+    for folder in folders[1:]:
+        if not np.array_equal(read_split(data_path, folder, images, labels)[0], held):
+            raise SplitError(f"{folders[0]} and {folder} held out different images, so each member has trained on "
+                             "images the other is scored on. Train the members with the same --split-seed")
+    return images[held], labels[held], held, split
+
+
+def read_split(data_path, weights_dir, images, labels):
+    """The held-out indices and split dict of one run, checked against the data it claims."""
     split_path = Path(weights_dir) / "split.json"
     if not split_path.is_file():
         raise SplitError(f"no split.json in {weights_dir}: train.py writes it beside the weights. Without it the "
@@ -228,17 +243,7 @@ def load_holdout(data_path, weights_dir):
     leaked = np.intersect1d(held, train)
     if len(leaked):
         raise SplitError(f"{split_path}: {len(leaked)} held-out images are also in 'train'; the score would be meaningless")
-    return images[held], labels[held], held, split
-
-
-def load_ensemble_holdout(data_path, weights_dirs):
-    """load_holdout for several runs scored as one ensemble: they must all have held out the same images."""
-    first = load_holdout(data_path, weights_dirs[0])
-    for folder in weights_dirs[1:]:
-        if not np.array_equal(load_holdout(data_path, folder)[2], first[2]):
-            raise SplitError(f"{weights_dirs[0]} and {folder} held out different images, so each member has trained on "
-                             "images the other is scored on. Train the members with the same --split-seed")
-    return first
+    return held, split
 
 
 # -----------------------------------------------------------------------------
@@ -425,7 +430,7 @@ def main(argv=None):
     started = time.time()
 
     try:
-        images, labels, held, split = load_ensemble_holdout(args.data, args.weights)
+        images, labels, held, split = load_holdout(args.data, args.weights)
     except (SplitError, data.DataError) as e:
         raise SystemExit(f"evaluate.py: {e}")
     out = Path(args.out)
