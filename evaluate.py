@@ -199,13 +199,12 @@ class SplitError(Exception):
     """The weights folder has no usable split for this data."""
 
 
-def load_holdout(data_path, weights_dirs):
+def load_holdout(data_path, folders):
     """Return (images, labels, held-out indices, split dict) or raise SplitError / data.DataError saying why.
 
-    weights_dirs: one run's folder, or several scored as one ensemble, which must all have held out
+    folders: a list of runs, one or several scored as one ensemble, which must all have held out
     the same images (the data file is read once).
     """
-    folders = weights_dirs if isinstance(weights_dirs, (list, tuple)) else [weights_dirs]
     images, labels = data.load_training_set(data_path)
     held, split = read_split(data_path, folders[0], images, labels)
     for folder in folders[1:]:

@@ -156,7 +156,7 @@ def test_refuses_a_missing_or_leaky_split(evaluated, tmp_path):
     leaky = dict(evaluated["split"], train=evaluated["split"]["train"] + evaluated["split"]["holdout"][:1])
     (weights / "split.json").write_text(json.dumps(leaky))
     with pytest.raises(evaluate.SplitError, match="also in 'train'"):
-        evaluate.load_holdout(evaluated["data"], weights)
+        evaluate.load_holdout(evaluated["data"], [weights])
 
 
 def test_several_runs_are_scored_as_one_ensemble_only_on_a_shared_split(evaluated, tmp_path):
