@@ -113,8 +113,10 @@ def train_speed(preset, n, repeats, training_images=11071):  # the shared data's
         rate = steps * config["batch_size"] / float(np.median(np.diff(ends)))
         minutes += epochs * training_images / rate / 60
         print(f"{preset}, phase {phase + 1} (corrupt_p {config['corrupt_p'][phase]}): {rate:.1f} training images/s")
+    total_epochs = config["epochs_head"] + config["epochs_finetune"]
     print(f"{preset}: about {minutes:.0f} minutes for {config['epochs_head']} + {config['epochs_finetune']} epochs "
-          f"of {training_images:,} images, validation and start-up not included")
+          f"of {training_images:,} images, validation and start-up not included; "
+          f"an hour holds about {60 * total_epochs / minutes:.0f} epochs at these rates")
 
 
 if __name__ == "__main__":

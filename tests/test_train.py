@@ -144,6 +144,19 @@ def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline(
     np.testing.assert_allclose(np.sort(turned.reshape(32, -1), axis=1), np.sort(images[:32].reshape(32, -1).astype(np.float32), axis=1), atol=1e-3)
 
 
+def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouched():
+    x = tf.random.uniform([2000, 4, 4, 3], 0, 255)
+    seen = []  # how many images the change was computed on: only those it hits
+    changed = train.change_some(x, 0.3, lambda some: seen.append(int(tf.shape(some)[0])) or some + 1000.0).numpy()
+    hit = (changed > 255).all(axis=(1, 2, 3))
+    assert 0.25 < hit.mean() < 0.35 and seen == [hit.sum()]
+    np.testing.assert_array_equal(changed[hit], x.numpy()[hit] + 1000.0)
+    np.testing.assert_array_equal(changed[~hit], x.numpy()[~hit])
+    chosen = np.arange(2000) % 7 == 0  # or exactly the images a mask names
+    np.testing.assert_array_equal(train.change_some(x, 0.3, lambda some: some * 0, hit=chosen).numpy().max(axis=(1, 2, 3)) == 0,
+                                  chosen)
+
+
 def test_finetune_schedule_warms_up_for_one_epoch_then_decays_or_restarts():
     steps = 10
     one_decay = train.finetune_schedule({**train.PRESETS["cpu"], "epochs_finetune": 5}, steps)
