@@ -3,6 +3,7 @@
     .venv/bin/python benchmark.py zip-size [--backbone EfficientNetV2L]
     .venv/bin/python benchmark.py speed [--backbone EfficientNetV2L] [--weights DIR] [--images 512] [--repeats 3]
     .venv/bin/python benchmark.py train-speed [--preset cpu] [--images 512] [--repeats 3]
+    .venv/bin/python benchmark.py augment-speed [--preset cpu] [--repeats 3]
 
 zip-size: the submission zip of an untrained network of the `seed` preset (float32 and float16
 storage), against the plain template's `model.save('weights.keras')` of a compiled model, before
@@ -13,6 +14,7 @@ check that the labels agree; then of Model.predict with it (the default).
 train-speed: images per second of a preset's training steps, input pipeline included (phase 1's
 augmentation, then phase 2's with the corruptions), and the wall time that makes for the preset's
 epochs on the shared data: how long `make train PRESET=cpu` will take on this machine.
+augment-speed: what the input pipeline's two parts cost per image, on a batch of the preset's size.
 """
 import argparse
 import shutil
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import keras
+import tensorflow as tf
 
 import train
 from model import WEIGHTS_GLOB, Model, build_network, load_network, save_network
@@ -59,6 +62,15 @@ def zip_size(backbone):
         print(f"template, after one training step: zip {zipped_size(tmp, [tmp / 'weights.keras']):.1f} MB")
 
 
+def median_seconds(run, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def speed(backbone, weights, n, repeats):
     """Median images per second of ours and of the template, on n noise images."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,14 +91,7 @@ def speed(backbone, weights, n, repeats):
         runs = {"ours": lambda: ours.predict(X), "template": lambda: template.predict(X, verbose=0).argmax(1),
                 "ours with TTA": lambda: ours_tta.predict(X)}
         labels = {name: run() for name, run in runs.items()}  # first call: tracing, not timed
-        rates = {}
-        for name, run in runs.items():
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            rates[name] = n / float(np.median(times))
+        rates = {name: n / median_seconds(run, repeats) for name, run in runs.items()}
         same = np.array_equal(labels["ours"], labels["template"])
         print(f"{network.name}: ours {rates['ours']:.1f} images/s, template {rates['template']:.1f} images/s, "
               f"ratio {rates['ours'] / rates['template']:.2f}; labels identical: {same}; "
@@ -119,11 +124,24 @@ def train_speed(preset, n, repeats, training_images=11071):  # the shared data's
           f"an hour holds about {60 * total_epochs / minutes:.0f} epochs at these rates")
 
 
+def augment_speed(preset, repeats):
+    """Median milliseconds per image of RandAugment alone and of phase 2's corruptions alone, on a batch of noise."""
+    config = train.PRESETS[preset]
+    n = config["batch_size"]
+    x = tf.constant(np.random.default_rng(0).integers(0, 256, (n, 96, 96, 3)), tf.float32)
+    steps = {"RandAugment": train.make_augment(config, 0, 0.0),
+             f"corruptions (corrupt_p {config['corrupt_p'][1]})": lambda x: train.corrupt_like_a_test_set(x, config["corrupt_p"][1])}
+    for name, step in steps.items():
+        step = tf.function(step)
+        step(x)  # tracing, not timed
+        print(f"{preset}, {name}: {1000 * median_seconds(lambda: step(x).numpy(), repeats) / n:.2f} ms per image")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["zip-size", "speed", "train-speed"])
+    p.add_argument("what", choices=["zip-size", "speed", "train-speed", "augment-speed"])
     p.add_argument("--backbone", default=train.PRESETS["seed"]["backbone"])
-    p.add_argument("--preset", default="cpu", help="train-speed: the preset whose training is timed")
+    p.add_argument("--preset", default="cpu", help="train-speed, augment-speed: the preset whose training is timed")
     p.add_argument("--weights", help="speed: a folder train.py wrote, instead of an untrained --backbone")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
@@ -132,5 +150,7 @@ if __name__ == "__main__":
         zip_size(args.backbone)
     elif args.what == "speed":
         speed(args.backbone, args.weights, args.images, args.repeats)
-    else:
+    elif args.what == "train-speed":
         train_speed(args.preset, args.images, args.repeats)
+    else:
+        augment_speed(args.preset, args.repeats)
