@@ -134,7 +134,7 @@ def augment_speed(preset, repeats):
     for name, step in steps.items():
         step = tf.function(step)
         step(x)  # tracing, not timed
-        print(f"{preset}, {name}: {1000 * median_seconds(lambda: step(x).numpy(), repeats) / n:.2f} ms per image")
+        print(f"{preset}, {name}: {1000 * median_seconds(lambda step=step: step(x).numpy(), repeats) / n:.2f} ms per image")
 
 
 if __name__ == "__main__":
