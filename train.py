@@ -58,7 +58,7 @@ PRESETS = {
     # learning the cells on RandAugment alone, and phase 2 one long cosine decay, after a warm-up,
     # that adds the test-set-like corruptions (a random network does not start learning under them).
     # 6 + 10 epochs fit the hour on the slower 2-core machines measured; accuracy still grows with
-    # epochs (8 + 20 is 2.5 points better): where `benchmark.py train-speed` shows time, give it more
+    # epochs (BENCHMARKS.md): where `benchmark.py train-speed` says the hour holds more, give them
     "cpu": dict(
         backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
         max_images=None, holdout=0.1, validation=0.1,
