@@ -54,11 +54,12 @@ PRESETS = {
         patience=5,
     ),
     # from scratch on 2 CPU cores (work in progress: issue 6, BENCHMARKS.md). No ImageNet weights,
-    # so phase 1 is a warm phase of the whole network at a constant rate (cut on long plateaus),
-    # learning the cells on RandAugment alone, and phase 2 one long cosine decay, after a warm-up,
-    # that adds the test-set-like corruptions (a random network does not start learning under them).
+    # so nothing is frozen: the whole network trains from the first step on one warm-up and cosine
+    # decay over both phases (from_scratch_schedule). Phase 1 learns the cells on RandAugment alone;
+    # phase 2 adds the test-set-like corruptions (a random network does not start learning under them).
     # 6 + 10 epochs fit the hour on the slower 2-core machines measured; accuracy still grows with
-    # epochs (BENCHMARKS.md): where `benchmark.py train-speed` says the hour holds more, give them
+    # epochs (BENCHMARKS.md): where `benchmark.py train-speed` says the hour holds more, give them.
+    # lr_finetune, restart_epochs, unfreeze and plateau_patience apply only to pretrained weights.
     "cpu": dict(
         backbone="EfficientNetV2B0", backbone_weights="none", input_size=64, dropout=0.2,
         max_images=None, holdout=0.1, validation=0.1,
@@ -242,18 +243,16 @@ def create_network(config):
                  "or pass a local file: --backbone-weights path/to/weights_notop.h5")
 
 
-def unfreeze_top(network, n, batchnorm=False):
-    """Make the backbone's top n layers trainable, BatchNormalization layers excepted by default.
+def unfreeze_top(network, n):
+    """Make the pretrained backbone's top n layers trainable, BatchNormalization layers excepted.
 
     Frozen BatchNorm layers run in inference mode in Keras 3, so pretrained statistics stay those
-    learnt on the big data set instead of being dragged around by small batches. A backbone
-    that starts from random weights has no statistics worth keeping: there batchnorm=True.
+    learnt on the big data set instead of being dragged around by small batches.
     """
     backbone = backbone_of(network)
     backbone.trainable = True
     for i, layer in enumerate(backbone.layers):
-        is_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = i >= len(backbone.layers) - n and (batchnorm or not is_batchnorm)
+        layer.trainable = i >= len(backbone.layers) - n and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def compile_network(network, learning_rate, config, alpha):
@@ -264,16 +263,26 @@ def compile_network(network, learning_rate, config, alpha):
         metrics=["accuracy"])
 
 
+def warm_cosine(peak, epochs, steps_per_epoch):
+    """An epoch of linear warm-up from peak / 100 (a fresh AdamW's first steps are its largest),
+    then one cosine decay to zero by the end of the last epoch."""
+    return keras.optimizers.schedules.CosineDecay(
+        peak / 100, decay_steps=max(epochs - 1, 1) * steps_per_epoch, warmup_target=peak, warmup_steps=steps_per_epoch)
+
+
 def finetune_schedule(config, steps_per_epoch):
-    """Phase 2's learning rate: cosine decay with restarts every restart_epochs, or, when that is None,
-    one decay over the whole phase after an epoch of linear warm-up (a fresh AdamW's first steps are
-    its largest, and a network trained in phase 1 would be thrown off by them)."""
+    """Phase 2's learning rate on a pretrained backbone: cosine decay with restarts every
+    restart_epochs, or, when that is None, one warm_cosine over the phase."""
     if config["restart_epochs"]:
         return keras.optimizers.schedules.CosineDecayRestarts(
             config["lr_finetune"], first_decay_steps=config["restart_epochs"] * steps_per_epoch)
-    return keras.optimizers.schedules.CosineDecay(
-        config["lr_finetune"] / 100, decay_steps=max(config["epochs_finetune"] - 1, 1) * steps_per_epoch,
-        warmup_target=config["lr_finetune"], warmup_steps=steps_per_epoch)
+    return warm_cosine(config["lr_finetune"], config["epochs_finetune"], steps_per_epoch)
+
+
+def from_scratch_schedule(config, steps_per_epoch):
+    """A random start's learning rate: one warm_cosine from lr_head over both phases, which share
+    one AdamW, so that phase 2 goes on down the same curve instead of starting again at the top."""
+    return warm_cosine(config["lr_head"], config["epochs_head"] + config["epochs_finetune"], steps_per_epoch)
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -342,6 +351,7 @@ class Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.state["history"].append({"phase": self.state["phase"], "epoch": epoch + 1,
                                       **{k: float(v) for k, v in (logs or {}).items()},
+                                      "learning_rate": float(self.model.optimizer.learning_rate),  # the next step's
                                       "seconds": round(time.time() - self.started, 1)})
         self.state["epoch"] = epoch + 1
         self.state["stopped"] = bool(self.model.stop_training)  # early stopping ended the phase here
@@ -419,26 +429,33 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     alpha = focal_alpha(labels[train_idx])
     steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
     pretrained = config["backbone_weights"] != "none"
+    # a pretrained backbone: phase 1 trains the head on it, frozen, at lr_head cut on plateaus, and
+    # phase 2 its top layers with a new AdamW. A random one has nothing to protect and trains whole
+    # from the first step, on one AdamW and one learning-rate curve: phase 2 only adds the corruptions
+    schedule = finetune_schedule(config, steps_per_epoch) if pretrained else from_scratch_schedule(config, steps_per_epoch)
     with strategy.scope():
         network = create_network(config)
 
     if state["phase"] == "head":
         with strategy.scope():
             if pretrained:
-                backbone_of(network).trainable = False  # a random backbone has nothing to protect: it trains from the start
-            compile_network(network, config["lr_head"], config, alpha)
+                backbone_of(network).trainable = False
+            compile_network(network, config["lr_head"] if pretrained else schedule, config, alpha)
             if state["epoch"] > 0:
                 checkpoint.restore(network)  # in the scope: AdamW's variables are built here
-        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=config["plateau_patience"])
+        plateau = None
+        if pretrained:
+            plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=config["plateau_patience"])
         run_phase(network, config["epochs_head"], train_ds(0), val_ds, checkpoint, config, plateau)
         state.update(phase="finetune", epoch=0, callbacks={}, stopped=False)
         checkpoint.watched = {}
-        checkpoint.save(network, with_optimizer=False)  # phase 2 starts from here, with a new optimizer
+        checkpoint.save(network, with_optimizer=not pretrained)  # phase 2 starts from here
 
     with strategy.scope():
-        unfreeze_top(network, config["unfreeze"], batchnorm=not pretrained)
-        compile_network(network, finetune_schedule(config, steps_per_epoch), config, alpha)
-        checkpoint.restore(network)
+        if pretrained:
+            unfreeze_top(network, config["unfreeze"])
+        compile_network(network, schedule, config, alpha)
+        checkpoint.restore(network)  # from scratch, AdamW's state too: its step count carries the curve on
     run_phase(network, config["epochs_finetune"], train_ds(1), val_ds, checkpoint, config)
 
     # the finished run: weights, split and history renamed into place, then the checkpoint goes

@@ -1,9 +1,11 @@
 """A user's path: make train PRESET=tiny, make submission, and the scorer's fresh process on the zip."""
+import csv
 import json
 import os
 import subprocess
 import sys
 import zipfile
+from itertools import pairwise
 
 import keras
 import numpy as np
@@ -51,7 +53,14 @@ def train_and_bundle(data_path, tmp_path):
 
 def test_tiny_training_learns_and_its_zip_scores_in_a_fresh_process(learnable_npz, tmp_path):
     zip_path, holdout, weights = train_and_bundle(learnable_npz, tmp_path)
-    assert (weights / "history.csv").read_text().count("finetune") >= 1
+    with open(weights / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert [r["phase"] for r in history].count("finetune") >= 1
+    # from random weights both phases run down one curve: warm-up over the first epoch, then
+    # only downwards, with no restart where phase 2 begins
+    rates = [float(r["learning_rate"]) for r in history]
+    assert rates[0] == pytest.approx(json.loads((weights / "split.json").read_text())["config"]["lr_head"])
+    assert all(a > b for a, b in pairwise(rates)), rates
     images, labels = learnable_images(240, seed=1)  # fresh images of the same classes, never trained on
     answer = score_unpacked(zip_path, images, tmp_path / "unpacked")
     assert answer["type"] == "ndarray" and answer["dtype"].startswith("int")

@@ -43,9 +43,6 @@ def test_unfreezing_trains_exactly_the_top_layers_and_never_batchnorm():
     for i, layer in enumerate(layers):
         assert layer.trainable == (i >= len(layers) - n and not is_bn[i]), layer.name
     assert network.get_layer("probabilities").trainable
-    # from random weights there are no statistics to protect: BatchNorm trains too
-    train.unfreeze_top(network, n, batchnorm=True)
-    assert [layer.trainable for layer in layers] == [i >= len(layers) - n for i in range(len(layers))]
 
 
 def test_held_out_split_is_stratified_disjoint_and_reproducible():
@@ -157,15 +154,20 @@ def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouch
                                   chosen)
 
 
-def test_finetune_schedule_warms_up_for_one_epoch_then_decays_or_restarts():
+def test_schedules_warm_up_for_one_epoch_then_decay_or_restart():
     steps = 10
-    one_decay = train.finetune_schedule({**train.PRESETS["cpu"], "epochs_finetune": 5}, steps)
-    rates = [float(one_decay(step)) for step in range(5 * steps + 1)]
-    peak = train.PRESETS["cpu"]["lr_finetune"]
+    config = {**train.PRESETS["cpu"], "epochs_head": 2, "epochs_finetune": 3}
+    from_scratch = train.from_scratch_schedule(config, steps)  # one curve over both phases' 5 epochs
+    rates = [float(from_scratch(step)) for step in range(5 * steps + 1)]
+    peak = config["lr_head"]
     assert rates[0] == pytest.approx(peak / 100)  # not a full-size first step on fresh AdamW moments
     assert all(a < b for a, b in pairwise(rates[:steps + 1])) and rates[steps] == pytest.approx(peak)
-    assert all(a >= b for a, b in pairwise(rates[steps:])) and rates[-1] < peak / 1000
-    restarts = train.finetune_schedule(train.PRESETS["tiny"], steps)  # restart_epochs 2: back to the top at epoch 2
-    top = train.PRESETS["tiny"]["lr_finetune"]
-    assert float(restarts(0)) == pytest.approx(top) and float(restarts(2 * steps - 1)) < top / 10
-    assert float(restarts(2 * steps)) == pytest.approx(top)
+    assert all(a > b for a, b in pairwise(rates[steps:])) and rates[-1] < peak / 1000
+    one_decay = train.finetune_schedule(config, steps)  # pretrained, restart_epochs None: over phase 2 alone
+    top = config["lr_finetune"]
+    assert [float(one_decay(step)) for step in (0, steps)] == pytest.approx([top / 100, top])
+    assert float(one_decay(3 * steps)) < top / 1000
+    restarts = train.finetune_schedule(train.PRESETS["seed"], steps)  # restart_epochs 5: back to the top at epoch 5
+    top = train.PRESETS["seed"]["lr_finetune"]
+    assert float(restarts(0)) == pytest.approx(top) and float(restarts(5 * steps - 1)) < top / 10
+    assert float(restarts(5 * steps)) == pytest.approx(top)
