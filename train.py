@@ -6,6 +6,8 @@ The `seed` preset is the recipe of our 11th-place entry (0.95 on the modified te
 an EfficientNetV2L from ImageNet, focal loss weighted against class imbalance, AdamW, and
 keras-cv RandAugment (three ops per image) in the input pipeline. Phase 1 trains the head on
 the frozen backbone; phase 2 unfreezes the backbone's top layers, BatchNorm kept frozen.
+From random weights (`--backbone-weights none`, the `tiny` and `cpu` presets) nothing is frozen:
+both phases train the whole network on one learning-rate curve, and phase 2 adds corruptions.
 Outputs in --out (default weights/): weights.npz, split.json (the held-out images, for
 evaluation), history.csv and history.png.
 """
