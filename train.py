@@ -7,7 +7,8 @@ an EfficientNetV2L from ImageNet, focal loss weighted against class imbalance, A
 keras-cv RandAugment (three ops per image) in the input pipeline. Phase 1 trains the head on
 the frozen backbone; phase 2 unfreezes the backbone's top layers, BatchNorm kept frozen.
 From random weights (`--backbone-weights none`, the `tiny` and `cpu` presets) nothing is frozen:
-both phases train the whole network on one learning-rate curve, and phase 2 adds corruptions.
+both phases train the whole network on one learning-rate curve; phase 2 adds the corruptions
+of `corrupt_p`, where the preset has any.
 Outputs in --out (default weights/): weights.npz, split.json (the held-out images, for
 evaluation), history.csv and history.png.
 """
