@@ -354,7 +354,7 @@ class Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.state["history"].append({"phase": self.state["phase"], "epoch": epoch + 1,
                                       **{k: float(v) for k, v in (logs or {}).items()},
-                                      "learning_rate": float(self.model.optimizer.learning_rate),  # the next step's
+                                      "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),  # next step's
                                       "seconds": round(time.time() - self.started, 1)})
         self.state["epoch"] = epoch + 1
         self.state["stopped"] = bool(self.model.stop_training)  # early stopping ended the phase here
