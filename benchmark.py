@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmark.py zip-size [--backbone EfficientNetV2L]
     .venv/bin/python benchmark.py speed [--backbone EfficientNetV2L] [--weights DIR] [--images 512] [--repeats 3]
-    .venv/bin/python benchmark.py train-speed [--preset cpu] [--images 512] [--repeats 3]
+    .venv/bin/python benchmark.py train-speed [--preset cpu] [--backbone B] [--input-size N] [--images 512] [--repeats 3]
     .venv/bin/python benchmark.py augment-speed [--preset cpu] [--repeats 3]
 
 zip-size: the submission zip of an untrained network of the `seed` preset (float32 and float16
@@ -13,7 +13,8 @@ keras.models.load_model then model.predict(X).argmax(1), on the same network and
 check that the labels agree; then of Model.predict with it (the default).
 train-speed: images per second of a preset's training steps, input pipeline included (phase 1's
 augmentation, then phase 2's with the corruptions), and the wall time that makes for the preset's
-epochs on the shared data: how long `make train PRESET=cpu` will take on this machine.
+epochs on the shared data: how long `make train PRESET=cpu` will take on this machine. --backbone and
+--input-size time another network in the preset's place.
 augment-speed: what the input pipeline's two parts cost per image, on a batch of the preset's size.
 """
 import argparse
@@ -98,9 +99,11 @@ def speed(backbone, weights, n, repeats):
               f"ours with test-time augmentation (eight views) {rates['ours with TTA']:.1f} images/s")
 
 
-def train_speed(preset, n, repeats, training_images=11071):  # the shared data's training part after cleaning
-    """Median training images per second of each phase of a preset, on n noise images, and the projected time."""
-    config = train.PRESETS[preset]
+def train_speed(preset, n, repeats, changes, training_images=11071):  # the shared data's training part after cleaning
+    """Median training images per second of each phase of a preset (with changes to its
+    architecture), on n noise images, and the projected time."""
+    config = {**train.PRESETS[preset], **changes}
+    name = f"{preset} ({config['backbone']} at {config['input_size']} px)"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
     labels = rng.integers(0, 8, n)
@@ -117,9 +120,9 @@ def train_speed(preset, n, repeats, training_images=11071):  # the shared data's
         network.fit(dataset, steps_per_epoch=steps, epochs=repeats + 1, callbacks=[timer], verbose=0)
         rate = steps * config["batch_size"] / float(np.median(np.diff(ends)))
         minutes += epochs * training_images / rate / 60
-        print(f"{preset}, phase {phase + 1} (corrupt_p {config['corrupt_p'][phase]}): {rate:.1f} training images/s")
+        print(f"{name}, phase {phase + 1} (corrupt_p {config['corrupt_p'][phase]}): {rate:.1f} training images/s")
     total_epochs = config["epochs_head"] + config["epochs_finetune"]
-    print(f"{preset}: about {minutes:.0f} minutes for {config['epochs_head']} + {config['epochs_finetune']} epochs "
+    print(f"{name}: about {minutes:.0f} minutes for {config['epochs_head']} + {config['epochs_finetune']} epochs "
           f"of {training_images:,} images, validation and start-up not included; "
           f"an hour holds about {60 * total_epochs / minutes:.0f} epochs at these rates")
 
@@ -140,17 +143,21 @@ def augment_speed(preset, repeats):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["zip-size", "speed", "train-speed", "augment-speed"])
-    p.add_argument("--backbone", default=train.PRESETS["seed"]["backbone"])
+    p.add_argument("--backbone", help="zip-size, speed: the network (default: the seed preset's); "
+                                      "train-speed: in place of the preset's")
+    p.add_argument("--input-size", type=int, help="train-speed: in place of the preset's")
     p.add_argument("--preset", default="cpu", help="train-speed, augment-speed: the preset whose training is timed")
     p.add_argument("--weights", help="speed: a folder train.py wrote, instead of an untrained --backbone")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    network = args.backbone or train.PRESETS["seed"]["backbone"]
     if args.what == "zip-size":
-        zip_size(args.backbone)
+        zip_size(network)
     elif args.what == "speed":
-        speed(args.backbone, args.weights, args.images, args.repeats)
+        speed(network, args.weights, args.images, args.repeats)
     elif args.what == "train-speed":
-        train_speed(args.preset, args.images, args.repeats)
+        changes = {key: value for key, value in (("backbone", args.backbone), ("input_size", args.input_size)) if value}
+        train_speed(args.preset, args.images, args.repeats, changes)
     else:
         augment_speed(args.preset, args.repeats)

@@ -103,6 +103,20 @@ def test_backbone_weights_from_a_local_file(tmp_path):
         train.create_network({**train.PRESETS["tiny"], "backbone_weights": str(tmp_path / "absent.h5")})
 
 
+def test_a_random_start_gives_batchnorm_statistics_that_keep_up(tmp_path):
+    # Keras' MobileNetV3 builds BatchNorm with momentum 0.999: from random weights its statistics
+    # would lag the training for epochs, and validation would see a network that predicts one class
+    config = {**train.PRESETS["tiny"], "backbone": "MobileNetV3Small"}
+    def momenta(network):
+        return {layer.momentum for layer in train.backbone_of(network).layers
+                if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta(train.create_network(config)) == {0.9}
+    source = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(64, 64, 3))
+    path = tmp_path / "backbone.weights.h5"
+    source.save_weights(path)
+    assert momenta(train.create_network({**config, "backbone_weights": str(path)})) == {0.999}  # pretrained: as built
+
+
 def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_path):
     config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1}
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
