@@ -93,10 +93,12 @@ def test_offline_imagenet_download_names_the_offline_options(monkeypatch):
 
 
 def test_backbone_weights_from_a_local_file(tmp_path):
-    source = keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(96, 96, 3))
+    config = train.PRESETS["tiny"]
+    source = getattr(keras.applications, config["backbone"])(include_top=False, weights=None,
+                                                             input_shape=(config["input_size"], config["input_size"], 3))
     path = tmp_path / "backbone.weights.h5"
     source.save_weights(path)
-    network = train.create_network({**train.PRESETS["tiny"], "backbone_weights": str(path)})
+    network = train.create_network({**config, "backbone_weights": str(path)})
     for a, b in zip(source.get_weights(), train.backbone_of(network).get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(SystemExit, match="no such file"):
@@ -138,6 +140,14 @@ def test_the_same_seed_gives_the_same_cleaning_and_split():
     assert len(a[3]["outliers"]) >= 12 and a[3] == b[3]
     for x, y in zip(a[:3], b[:3]):
         np.testing.assert_array_equal(x, y)
+
+
+def test_command_line_options_change_only_their_own_preset_values():
+    args, config = train.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--input-size", "80",
+                                     "--epochs-head", "3"])
+    changed = {key for key in config if config[key] != train.PRESETS["cpu"][key]}
+    assert changed == {"backbone", "input_size", "epochs_head"}
+    assert (config["backbone"], config["input_size"], config["epochs_head"]) == ("MobileNetV3Large", 80, 3)
 
 
 def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline():
