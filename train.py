@@ -45,7 +45,7 @@ PRESETS = {
         epochs_finetune=30, lr_finetune=1e-5, restart_epochs=5, unfreeze=150,  # phase 2: top layers
         patience=5,
     ),
-    # a smoke run of about a minute on 2 CPU cores: the cpu preset's backbone from random weights
+    # a smoke run of about two minutes on 2 CPU cores: the cpu preset's backbone from random weights
     # (no download), trained whole in both phases, at 64 px, on a few hundred images
     "tiny": dict(
         backbone="MobileNetV3Small", backbone_weights="none", input_size=64, dropout=0.2,

@@ -143,8 +143,8 @@ def test_the_same_seed_gives_the_same_cleaning_and_split():
 
 
 def test_command_line_options_change_only_their_own_preset_values():
-    args, config = train.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--input-size", "80",
-                                     "--epochs-head", "3"])
+    _, config = train.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--input-size", "80",
+                                  "--epochs-head", "3"])
     changed = {key for key in config if config[key] != train.PRESETS["cpu"][key]}
     assert changed == {"backbone", "input_size", "epochs_head"}
     assert (config["backbone"], config["input_size"], config["epochs_head"]) == ("MobileNetV3Large", 80, 3)
