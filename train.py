@@ -544,6 +544,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the interrupted run checkpointed in --out")
     p.add_argument("--overwrite", action="store_true", help="discard an interrupted run's checkpoint in --out")
     args = p.parse_args(argv)
+    if args.input_size is not None and args.input_size < 32:
+        p.error(f"--input-size {args.input_size}: the backbones take at least 32 pixels (the images are 96)")
     config = dict(PRESETS[args.preset])
     for key in ("backbone", "input_size", "backbone_weights", "unfreeze", "epochs_head", "epochs_finetune", "batch_size"):
         if getattr(args, key) is not None:

@@ -148,6 +148,8 @@ def test_command_line_options_change_only_their_own_preset_values():
     changed = {key for key in config if config[key] != train.PRESETS["cpu"][key]}
     assert changed == {"backbone", "input_size", "epochs_head"}
     assert (config["backbone"], config["input_size"], config["epochs_head"]) == ("MobileNetV3Large", 80, 3)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "cpu", "--input-size", "16"])  # too small for the backbones: refused
 
 
 def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline():
