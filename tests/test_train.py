@@ -144,12 +144,14 @@ def test_the_same_seed_gives_the_same_cleaning_and_split():
 
 def test_command_line_options_change_only_their_own_preset_values():
     _, config = train.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--input-size", "80",
-                                  "--epochs-head", "3"])
+                                  "--epochs-head", "3", "--clean-share", "0.25", "--corrupt-p", "0.3"])
     changed = {key for key in config if config[key] != train.PRESETS["cpu"][key]}
-    assert changed == {"backbone", "input_size", "epochs_head"}
+    assert changed == {"backbone", "input_size", "epochs_head", "clean_share", "corrupt_p"}
     assert (config["backbone"], config["input_size"], config["epochs_head"]) == ("MobileNetV3Large", 80, 3)
-    with pytest.raises(SystemExit):
-        train.parse_args(["--preset", "cpu", "--input-size", "16"])  # too small for the backbones: refused
+    assert (config["clean_share"], config["corrupt_p"]) == (0.25, (0.0, 0.3))  # --corrupt-p: phase 2's share
+    for refused in (["--input-size", "16"], ["--clean-share", "1.5"], ["--corrupt-p", "-0.1"]):  # too small; not shares
+        with pytest.raises(SystemExit):
+            train.parse_args(["--preset", "cpu", *refused])
 
 
 def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline():
@@ -167,6 +169,17 @@ def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline(
     np.testing.assert_allclose(np.sort(turned.reshape(32, -1), axis=1), np.sort(images[:32].reshape(32, -1).astype(np.float32), axis=1), atol=1e-3)
 
 
+def test_a_clean_share_of_the_images_is_spared_every_corruption():
+    images = np.repeat(learnable_images(64)[0], 8, axis=0).astype(np.float32)  # 512 images
+    def spared(corrupted):  # only flipped or turned: the same pixels, rearranged
+        return (np.abs(np.sort(corrupted.reshape(len(images), -1), axis=1) - np.sort(images.reshape(len(images), -1), axis=1))
+                .max(axis=1) < 1e-3)
+    half = spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.5).numpy())
+    assert 0.4 < half.mean() < 0.6  # the rest carry all thirteen corruptions (p = 1)
+    assert spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=1.0).numpy()).all()
+    assert not spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.0).numpy()).any()
+
+
 def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouched():
     x = tf.random.uniform([2000, 4, 4, 3], 0, 255)
     seen = []  # how many images the change was computed on: only those it hits
@@ -175,6 +188,9 @@ def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouch
     assert 0.25 < hit.mean() < 0.35 and seen == [hit.sum()]
     np.testing.assert_array_equal(changed[hit], x.numpy()[hit] + 1000.0)
     np.testing.assert_array_equal(changed[~hit], x.numpy()[~hit])
+    one_each = np.where(np.arange(2000) < 1000, 0.0, 1.0).astype(np.float32)  # or one p for each image
+    np.testing.assert_array_equal(train.change_some(x, one_each, lambda some: some + 1000.0).numpy().max(axis=(1, 2, 3)) > 255,
+                                  one_each == 1)
     chosen = np.arange(2000) % 7 == 0  # or exactly the images a mask names
     np.testing.assert_array_equal(train.change_some(x, 0.3, lambda some: some * 0, hit=chosen).numpy().max(axis=(1, 2, 3)) == 0,
                                   chosen)
