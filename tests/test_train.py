@@ -149,9 +149,19 @@ def test_command_line_options_change_only_their_own_preset_values():
     assert changed == {"backbone", "input_size", "epochs_head", "clean_share", "corrupt_p"}
     assert (config["backbone"], config["input_size"], config["epochs_head"]) == ("MobileNetV3Large", 80, 3)
     assert (config["clean_share"], config["corrupt_p"]) == (0.25, (0.0, 0.3))  # --corrupt-p: phase 2's share
-    for refused in (["--input-size", "16"], ["--clean-share", "1.5"], ["--corrupt-p", "-0.1"]):  # too small; not shares
+    falling = train.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
+    assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
+    for refused in (["--input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
+                    ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"]):  # a line needs two ends, no more
         with pytest.raises(SystemExit):
             train.parse_args(["--preset", "cpu", *refused])
+
+
+def spared(batch, originals):
+    """Per image: True when it was only flipped or turned (the same pixels, rearranged)."""
+    def pixels(x):
+        return np.sort(np.asarray(x, np.float32).reshape(len(x), -1), axis=1)
+    return np.abs(pixels(batch) - pixels(originals)).max(axis=1) < 1e-3
 
 
 def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline():
@@ -165,19 +175,30 @@ def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline(
     changed = np.abs(corrupted - images[:32]).mean(axis=(1, 2, 3))
     assert (changed > 5).all()  # every image altered when p = 1
     # p = 0 leaves only the flips and right-angle rotations: the same pixels, rearranged
-    turned = train.corrupt_like_a_test_set(plain, 0.0).numpy()
-    np.testing.assert_allclose(np.sort(turned.reshape(32, -1), axis=1), np.sort(images[:32].reshape(32, -1).astype(np.float32), axis=1), atol=1e-3)
+    assert spared(train.corrupt_like_a_test_set(plain, 0.0).numpy(), images[:32]).all()
 
 
 def test_a_clean_share_of_the_images_is_spared_every_corruption():
     images = np.repeat(learnable_images(64)[0], 8, axis=0).astype(np.float32)  # 512 images
-    def spared(corrupted):  # only flipped or turned: the same pixels, rearranged
-        return (np.abs(np.sort(corrupted.reshape(len(images), -1), axis=1) - np.sort(images.reshape(len(images), -1), axis=1))
-                .max(axis=1) < 1e-3)
-    half = spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.5).numpy())
+    half = spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.5).numpy(), images)
     assert 0.4 < half.mean() < 0.6  # the rest carry all thirteen corruptions (p = 1)
-    assert spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=1.0).numpy()).all()
-    assert not spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.0).numpy()).any()
+    assert spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=1.0).numpy(), images).all()
+    assert not spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.0).numpy(), images).any()
+
+
+def test_a_falling_clean_share_reaches_the_pipeline_at_each_epochs_start():
+    config = {**train.PRESETS["cpu"], "epochs_finetune": 5, "clean_share": [0.8, 0.0]}  # a list, as JSON gives it back
+    assert [round(train.clean_share_at(config, e), 6) for e in range(6)] == [0.8, 0.6, 0.4, 0.2, 0.0, 0.0]
+    assert train.clean_share_at({**config, "clean_share": 0.3}, 4) == 0.3  # one number: the same throughout
+    images, labels = learnable_images(1)
+    images, labels = np.repeat(images, 256, axis=0), np.repeat(labels, 256)  # one picture: no need to undo the shuffle
+    share = tf.Variable(0.0, trainable=False)
+    follow = train.follow_clean_share({**config, "clean_share": [1.0, 0.0]}, share)
+    augment = train.make_augment({**config, "augment_ops": 0}, seed=0, corrupt_p=1.0, clean_share=share)  # no RandAugment
+    dataset = train.make_dataset(images, labels, 256, augment)  # built once, as fit() gets it
+    for epoch, expected in ((0, 1.0), (2, 0.5), (4, 0.0)):
+        follow.on_epoch_begin(epoch)
+        assert abs(spared(next(iter(dataset))[0].numpy(), images).mean() - expected) < 0.1
 
 
 def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouched():
