@@ -127,9 +127,11 @@ def make_dataset(images, labels, batch_size, augment=None, seed=0):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_augment(config, seed, corrupt_p, clean_share=0.0):
+def make_augment(config, seed, corrupt_p, clean_share=None):
     """RandAugment (the recipe), then, when corrupt_p > 0, the test-set-like corruptions below,
-    sparing a share clean_share of the images: a number, or a tf.Variable read at every batch."""
+    sparing a share clean_share of the images: a number, or a tf.Variable read at every batch
+    (default: the preset's share at phase 2's first epoch)."""
+    clean_share = clean_share_at(config, 0) if clean_share is None else clean_share
     rand_augment = keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=config["augment_ops"],
                                                magnitude=config["augment_magnitude"], seed=seed)
     def augment(x):
