@@ -62,10 +62,11 @@ PRESETS = {
     # phase 2 adds the test-set-like corruptions (a random network does not start learning under them).
     # MobileNetV3Small (0.9M parameters) trains four times as fast as EfficientNetV2B0 on these
     # memory-bound CPUs, so 18 + 32 epochs fit the hour where B0 fitted 6 + 10, and it scores higher;
-    # at the challenge's own 96 px it scores higher still than at 64 (BENCHMARKS.md).
+    # at the challenge's own 96 px it scores higher still than at 64 (BENCHMARKS.md); upsampled to
+    # 128 px, for the third fewer epochs the hour holds there, it scored no higher.
     # clean_share 0.5 (half of each batch spared the corruptions) bought 2 points clean for 2 on
-    # the mixed set; robustness decides the modified test set, so it stays 0. (Two numbers, [0.5, 0],
-    # would fall from the first to the last epoch of phase 2.)
+    # the mixed set; robustness decides the modified test set, so it stays 0. Falling from 0.5 to 0
+    # over phase 2 (two numbers, [0.5, 0]) landed between the two on both.
     # `benchmark.py train-speed` says how many epochs an hour holds on a machine.
     # lr_finetune, restart_epochs, unfreeze and plateau_patience apply only to pretrained weights.
     "cpu": dict(
