@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmark.py zip-size [--backbone EfficientNetV2L]
     .venv/bin/python benchmark.py speed [--backbone EfficientNetV2L] [--weights DIR] [--images 512] [--repeats 3]
-    .venv/bin/python benchmark.py train-speed [--preset cpu] [--backbone B] [--input-size N] [--images 512] [--repeats 3]
+    .venv/bin/python benchmark.py train-speed [--preset cpu] [--backbone B] [--width W] [--input-size N] [--images 512] [--repeats 3]
     .venv/bin/python benchmark.py augment-speed [--preset cpu] [--repeats 3]
 
 zip-size: the submission zip of an untrained network of the `seed` preset (float32 and float16
@@ -13,8 +13,8 @@ keras.models.load_model then model.predict(X).argmax(1), on the same network and
 check that the labels agree; then of Model.predict with it (the default).
 train-speed: images per second of a preset's training steps, input pipeline included (phase 1's
 augmentation, then phase 2's with the corruptions), and the wall time that makes for the preset's
-epochs on the shared data: how long `make train PRESET=cpu` will take on this machine. --backbone and
---input-size time another network in the preset's place.
+epochs on the shared data: how long `make train PRESET=cpu` will take on this machine. --backbone,
+--width and --input-size time another network in the preset's place.
 augment-speed: what the input pipeline's two parts cost per image, on a batch of the preset's size.
 """
 import argparse
@@ -103,7 +103,7 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     """Median training images per second of each phase of a preset (with changes to its
     architecture), on n noise images, and the projected time."""
     config = {**train.PRESETS[preset], **changes}
-    name = f"{preset} ({config['backbone']} at {config['input_size']} px)"
+    name = f"{preset} ({config['backbone']} of width {config['width']} at {config['input_size']} px)"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
     labels = rng.integers(0, 8, n)
@@ -145,6 +145,7 @@ if __name__ == "__main__":
     p.add_argument("what", choices=["zip-size", "speed", "train-speed", "augment-speed"])
     p.add_argument("--backbone", help="zip-size, speed: the network (default: the seed preset's); "
                                       "train-speed: in place of the preset's")
+    p.add_argument("--width", type=float, help="train-speed: in place of the preset's (MobileNets only)")
     p.add_argument("--input-size", type=int, help="train-speed: in place of the preset's")
     p.add_argument("--preset", default="cpu", help="train-speed, augment-speed: the preset whose training is timed")
     p.add_argument("--weights", help="speed: a folder train.py wrote, instead of an untrained --backbone")
@@ -157,7 +158,8 @@ if __name__ == "__main__":
     elif args.what == "speed":
         speed(network, args.weights, args.images, args.repeats)
     elif args.what == "train-speed":
-        changes = {key: value for key, value in (("backbone", args.backbone), ("input_size", args.input_size)) if value}
+        changes = {key: value for key, value in (("backbone", args.backbone), ("width", args.width),
+                                                 ("input_size", args.input_size)) if value}
         train_speed(args.preset, args.images, args.repeats, changes)
     else:
         augment_speed(args.preset, args.repeats)

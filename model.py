@@ -20,7 +20,7 @@ WEIGHTS_GLOB = "weights*.npz"  # every matching file beside model.py is one netw
 BATCH_SIZE = 64  # predict in batches: 10,000 images stay within a few GB even for EfficientNetV2L
 # Test-time augmentation: average the eight flips and right-angle rotations (cells have no
 # orientation). On: it gained 0.5-2.4 points clean and 1.0-2.7 over the corruption suite on all
-# twelve networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
+# thirteen networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
 # faster bundle.
 TEST_TIME_AUGMENTATION = True
 
@@ -37,22 +37,26 @@ BACKBONES = {
 }
 
 
-def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2, backbone_weights=None):
+def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2, backbone_weights=None, width=1.0):
     """The one definition of the network, for training and for inference.
 
     Input: (batch, 96, 96, 3) RGB floats in [0, 255]. The backbone's own preprocessing is part of
     the network, so callers never scale the images. The head is global average pooling, dropout
-    and an 8-way softmax.
+    and an 8-way softmax. width multiplies the channels of every layer (Keras' alpha); only the
+    MobileNets take it.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if width != 1.0 and not backbone.startswith("MobileNet"):
+        raise ValueError(f"width {width}: only the MobileNets scale their width; {backbone} takes 1.0")
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
     x = inputs
     if input_size != IMAGE_SIZE:
         x = keras.layers.Resizing(input_size, input_size, name="resize")(x)
     x = getattr(keras.applications, BACKBONES[backbone]).preprocess_input(x)
-    base = getattr(keras.applications, backbone)(
-        include_top=False, weights=backbone_weights, input_shape=(input_size, input_size, 3))
+    base = getattr(keras.applications, backbone)(include_top=False, weights=backbone_weights,
+                                                 input_shape=(input_size, input_size, 3),
+                                                 **({"alpha": width} if width != 1.0 else {}))
     x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)

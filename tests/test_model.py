@@ -137,3 +137,15 @@ def test_the_seed_comparisons_other_backbones_round_trip_through_a_bundle(backbo
     images = learnable_images(3)[0]
     probs = model.Model(tmp_path, tta=False).predict_proba(images)  # one view, as network.predict sees it
     np.testing.assert_allclose(probs, network.predict(images.astype(np.float32), verbose=0), atol=2e-2)
+
+
+def test_a_wider_mobilenet_round_trips_through_a_bundle_and_other_backbones_refuse_a_width(tmp_path):
+    architecture = {"backbone": "MobileNetV3Small", "width": 1.25, "input_size": 96, "dropout": 0.2}
+    network = model.build_network(**architecture)
+    assert network.count_params() > 1.3 * model.build_network(**{**architecture, "width": 1.0}).count_params()
+    model.save_network(network, architecture, tmp_path / "weights.npz")
+    images = learnable_images(3)[0]
+    probs = model.Model(tmp_path, tta=False).predict_proba(images)
+    np.testing.assert_allclose(probs, network.predict(images.astype(np.float32), verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="only the MobileNets"):
+        model.build_network("EfficientNetV2B0", width=1.25)

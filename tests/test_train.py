@@ -92,6 +92,17 @@ def test_offline_imagenet_download_names_the_offline_options(monkeypatch):
     assert "local" in str(error.value)
 
 
+def test_a_width_without_imagenet_weights_says_to_train_from_scratch(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing to download: Keras has no ImageNet weights of this width")
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_download)
+    config = {**train.PRESETS["tiny"], "backbone_weights": "imagenet", "width": 1.25}
+    with pytest.raises(SystemExit, match="widths 0.75 and 1.0 only.*--backbone-weights none"):
+        train.create_network(config)
+    with pytest.raises(ValueError, match="only the MobileNets"):  # not taken for a failed download
+        train.create_network({**config, "backbone": "EfficientNetV2B0", "width": 0.75})
+
+
 def test_backbone_weights_from_a_local_file(tmp_path):
     config = train.PRESETS["tiny"]
     source = getattr(keras.applications, config["backbone"])(include_top=False, weights=None,
@@ -143,15 +154,15 @@ def test_the_same_seed_gives_the_same_cleaning_and_split():
 
 
 def test_command_line_options_change_only_their_own_preset_values():
-    _, config = train.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--input-size", "80",
-                                  "--epochs-head", "3", "--clean-share", "0.25", "--corrupt-p", "0.3"])
+    _, config = train.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--width", "0.75",
+                                  "--input-size", "80", "--epochs-head", "3", "--clean-share", "0.25", "--corrupt-p", "0.3"])
     changed = {key for key in config if config[key] != train.PRESETS["cpu"][key]}
-    assert changed == {"backbone", "input_size", "epochs_head", "clean_share", "corrupt_p"}
-    assert (config["backbone"], config["input_size"], config["epochs_head"]) == ("MobileNetV3Large", 80, 3)
+    assert changed == {"backbone", "width", "input_size", "epochs_head", "clean_share", "corrupt_p"}
+    assert (config["backbone"], config["width"], config["input_size"], config["epochs_head"]) == ("MobileNetV3Large", 0.75, 80, 3)
     assert (config["clean_share"], config["corrupt_p"]) == (0.25, (0.0, 0.3))  # --corrupt-p: phase 2's share
     falling = train.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
     assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
-    for refused in (["--input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
+    for refused in (["--width", "0"], ["--input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
                     ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"]):  # a line needs two ends, no more
         with pytest.raises(SystemExit):
             train.parse_args(["--preset", "cpu", *refused])
