@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmark.py zip-size [--backbone EfficientNetV2L]
     .venv/bin/python benchmark.py speed [--backbone EfficientNetV2L] [--weights DIR] [--images 512] [--repeats 3]
-    .venv/bin/python benchmark.py train-speed [--preset cpu] [--backbone B] [--width W] [--input-size N] [--images 512] [--repeats 3]
+    .venv/bin/python benchmark.py train-speed [--preset cpu] [--backbone B] [--width W] [--input-size N] [--head-input-size N] [--images 512] [--repeats 3]
     .venv/bin/python benchmark.py augment-speed [--preset cpu] [--repeats 3]
 
 zip-size: the submission zip of an untrained network of the `seed` preset (float32 and float16
@@ -14,7 +14,7 @@ check that the labels agree; then of Model.predict with it (the default).
 train-speed: images per second of a preset's training steps, input pipeline included (phase 1's
 augmentation, then phase 2's with the corruptions), and the wall time that makes for the preset's
 epochs on the shared data: how long `make train PRESET=cpu` will take on this machine. --backbone,
---width and --input-size time another network in the preset's place.
+--width, --input-size and --head-input-size (phase 1's) time another network in the preset's place.
 augment-speed: what the input pipeline's two parts cost per image, on a batch of the preset's size.
 """
 import argparse
@@ -103,14 +103,16 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     """Median training images per second of each phase of a preset (with changes to its
     architecture), on n noise images, and the projected time."""
     config = {**train.PRESETS[preset], **changes}
-    name = f"{preset} ({config['backbone']} of width {config['width']} at {config['input_size']} px)"
+    sizes = (config.get("head_input_size") or config["input_size"], config["input_size"])  # phase 1's, phase 2's
+    pixels = sizes[1] if sizes[0] == sizes[1] else f"{sizes[0]} then {sizes[1]}"
+    name = f"{preset} ({config['backbone']} of width {config['width']} at {pixels} px)"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
     labels = rng.integers(0, 8, n)
-    network = train.create_network({**config, "backbone_weights": "none"})
-    train.compile_network(network, 1e-4, config, train.focal_alpha(labels))
     minutes, steps = 0.0, n // config["batch_size"]
     for phase, epochs in enumerate((config["epochs_head"], config["epochs_finetune"])):
+        network = train.create_network({**config, "input_size": sizes[phase], "backbone_weights": "none"})
+        train.compile_network(network, 1e-4, config, train.focal_alpha(labels))
         augment = train.make_augment(config, 0, config["corrupt_p"][phase])
         dataset = train.make_dataset(images, labels, config["batch_size"], augment).repeat()
         # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation
@@ -147,6 +149,7 @@ if __name__ == "__main__":
                                       "train-speed: in place of the preset's")
     p.add_argument("--width", type=float, help="train-speed: in place of the preset's (MobileNets only)")
     p.add_argument("--input-size", type=int, help="train-speed: in place of the preset's")
+    p.add_argument("--head-input-size", type=int, help="train-speed: phase 1's, in place of the preset's")
     p.add_argument("--preset", default="cpu", help="train-speed, augment-speed: the preset whose training is timed")
     p.add_argument("--weights", help="speed: a folder train.py wrote, instead of an untrained --backbone")
     p.add_argument("--images", type=int, default=512)
@@ -159,7 +162,8 @@ if __name__ == "__main__":
         speed(network, args.weights, args.images, args.repeats)
     elif args.what == "train-speed":
         changes = {key: value for key, value in (("backbone", args.backbone), ("width", args.width),
-                                                 ("input_size", args.input_size)) if value}
+                                                 ("input_size", args.input_size),
+                                                 ("head_input_size", args.head_input_size)) if value}
         train_speed(args.preset, args.images, args.repeats, changes)
     else:
         augment_speed(args.preset, args.repeats)

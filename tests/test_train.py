@@ -142,6 +142,31 @@ def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_pat
     assert json.loads((tmp_path / "split.json").read_text())["holdout"] == expected.tolist()
 
 
+def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_its_weights(learnable_npz, tmp_path, monkeypatch):
+    config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1, "head_input_size": 48}
+    seen = []  # per phase: the size the backbone sees, the weights it starts from and ends with
+    real_run_phase = train.run_phase
+    def run_phase(network, *args, **kwargs):
+        phase = args[3].state["phase"]  # the checkpoint
+        seen.append((phase, train.backbone_of(network).inputs[0].shape[1], network.get_weights()))
+        if phase == "finetune" and len(seen) == 2:
+            raise KeyboardInterrupt  # killed as phase 2 begins: the resumed run must rebuild at phase 2's size
+        real_run_phase(network, *args, **kwargs)
+        seen[-1] += (network.get_weights(),)
+    monkeypatch.setattr(train, "run_phase", run_phase)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config, learnable_npz, tmp_path, keep_outliers=True)
+    train.train(config, learnable_npz, tmp_path, keep_outliers=True, resume=True)
+    (_, head_size, head_start, head_end), (_, first_size, first_start), (_, size, start, _) = seen
+    assert (head_size, first_size, size) == (48, 64, 64)
+    for followed, resumed, trained in zip(first_start, start, head_end):  # phase 2 starts from phase 1's weights,
+        np.testing.assert_array_equal(followed, trained)  # both straight after it
+        np.testing.assert_array_equal(resumed, trained)  # and in the resumed run
+    assert any(not np.array_equal(a, b) for a, b in zip(head_start, head_end))  # phase 1 did train
+    assert model.load_network(tmp_path / "weights.npz")[1]["input_size"] == 64  # the bundle holds phase 2's network
+    assert model.Model(tmp_path, tta=False).predict(learnable_images(4)[0]).shape == (4,)
+
+
 def test_the_same_seed_gives_the_same_cleaning_and_split():
     images, labels = learnable_images(480)
     images[::40] = images[7]  # a picture pasted twelve times under several labels: cleaning has work to do
@@ -162,7 +187,8 @@ def test_command_line_options_change_only_their_own_preset_values():
     assert (config["clean_share"], config["corrupt_p"]) == (0.25, (0.0, 0.3))  # --corrupt-p: phase 2's share
     falling = train.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
     assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
-    for refused in (["--width", "0"], ["--input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
+    assert train.parse_args(["--preset", "cpu", "--head-input-size", "48"])[1]["head_input_size"] == 48
+    for refused in (["--width", "0"], ["--input-size", "16"], ["--head-input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
                     ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"]):  # a line needs two ends, no more
         with pytest.raises(SystemExit):
             train.parse_args(["--preset", "cpu", *refused])
