@@ -8,7 +8,8 @@ keras-cv RandAugment (three ops per image) in the input pipeline. Phase 1 trains
 the frozen backbone; phase 2 unfreezes the backbone's top layers, BatchNorm kept frozen.
 From random weights (`--backbone-weights none`, the `tiny` and `cpu` presets) nothing is frozen:
 both phases train the whole network on one learning-rate curve; phase 2 adds the corruptions
-of `corrupt_p`, where the preset has any.
+of `corrupt_p`, where the preset has any. `head_input_size` (progressive resizing) lets phase 1
+see smaller images for cheaper epochs; the bundle is always phase 2's network.
 Outputs in --out (default weights/): weights.npz, split.json (the held-out images, for
 evaluation), history.csv and history.png.
 """
@@ -67,8 +68,8 @@ PRESETS = {
     # clean_share 0.5 (half of each batch spared the corruptions) bought 2 points clean for 2 on
     # the mixed set; robustness decides the modified test set, so it stays 0. Falling from 0.5 to 0
     # over phase 2 (two numbers, [0.5, 0]) landed between the two on both. Phase 1 at 64 px
-    # (head_input_size, progressive resizing) runs its epochs twice as fast; with four more phase-2
-    # epochs bought from that, a run scored level with 96 px throughout in 52 minutes instead of 58.
+    # (head_input_size, progressive resizing) saves about 7 of its 19 minutes; four more phase-2
+    # epochs took 4 of them, the rest is margin, and the run scored level with 96 px throughout.
     # `benchmark.py train-speed` says how many epochs an hour holds on a machine.
     # lr_finetune, restart_epochs, unfreeze and plateau_patience apply only to pretrained weights.
     "cpu": dict(
