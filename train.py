@@ -573,7 +573,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=float, help="the MobileNets' channel multiplier, Keras' alpha (default: the preset's)")
     p.add_argument("--input-size", type=int, help="pixels the network sees, resized from 96 (default: the preset's)")
     p.add_argument("--head-input-size", type=int,
-                   help="pixels the network sees in phase 1 only, for cheaper epochs (progressive resizing; default: --input-size)")
+                   help="pixels the network sees in phase 1 only, for cheaper epochs (progressive resizing; default: the "
+                        "preset's: 64 for cpu, --input-size for the others)")
     p.add_argument("--backbone-weights", help="imagenet (download), none (random start), or a local .h5 file")
     p.add_argument("--unfreeze", type=int, help="backbone layers trained in phase 2, counted from the top")
     p.add_argument("--epochs-head", type=int, help="phase 1 epochs (backbone frozen)")
