@@ -103,7 +103,7 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     """Median training images per second of each phase of a preset (with changes to its
     architecture), on n noise images, and the projected time."""
     config = {**train.PRESETS[preset], **changes}
-    sizes = (config.get("head_input_size") or config["input_size"], config["input_size"])  # phase 1's, phase 2's
+    sizes = train.input_sizes(config)
     pixels = sizes[1] if sizes[0] == sizes[1] else f"{sizes[0]} then {sizes[1]}"
     name = f"{preset} ({config['backbone']} of width {config['width']} at {pixels} px)"
     rng = np.random.default_rng(0)

@@ -253,6 +253,12 @@ def choose_strategy():
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
+def input_sizes(config):
+    """Pixels the network sees in phase 1 and in phase 2: phase 1 may see fewer (progressive resizing),
+    with the same weights (runs checkpointed before head_input_size existed have none)."""
+    return config.get("head_input_size") or config["input_size"], config["input_size"]
+
+
 def backbone_of(network):
     return next(layer for layer in network.layers if isinstance(layer, keras.Model))
 
@@ -480,10 +486,10 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     # phase 2 its top layers with a new AdamW. A random one has nothing to protect and trains whole
     # from the first step, on one AdamW and one learning-rate curve: phase 2 only adds the corruptions
     schedule = finetune_schedule(config, steps_per_epoch) if pretrained else from_scratch_schedule(config, steps_per_epoch)
-    head_size = config.get("head_input_size") or config["input_size"]
-    def network_for(phase):  # progressive resizing: phase 1 may see smaller images; the weights fit both sizes
+    head_size, finetune_size = input_sizes(config)
+    def network_for(phase):
         with strategy.scope():
-            return create_network({**config, "input_size": head_size if phase == "head" else config["input_size"]})
+            return create_network({**config, "input_size": head_size if phase == "head" else finetune_size})
     network = network_for(state["phase"])
 
     if state["phase"] == "head":
@@ -500,7 +506,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
         state.update(phase="finetune", epoch=0, callbacks={}, stopped=False)
         checkpoint.watched = {}
         checkpoint.save(network, with_optimizer=not pretrained)  # phase 2 starts from here
-        if head_size != config["input_size"]:
+        if head_size != finetune_size:
             network = network_for("finetune")  # its weights come from the checkpoint just saved
 
     with strategy.scope():
