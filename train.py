@@ -586,6 +586,10 @@ def parse_args(argv=None):
     p.add_argument("--epochs-head", type=int, help="phase 1 epochs (backbone frozen)")
     p.add_argument("--epochs-finetune", type=int, help="phase 2 epochs (top layers unfrozen)")
     p.add_argument("--batch-size", type=int, help="images per step on each device")
+    p.add_argument("--lr-head", type=float, help="phase 1's learning rate; from random weights, the peak of the one "
+                                                 "curve over both phases (default: the preset's)")
+    p.add_argument("--focal-gamma", type=float, help="the focal loss' gamma; 0 gives cross-entropy, weighted by class "
+                                                      "as the focal loss is (default: the preset's)")
     p.add_argument("--corrupt-p", type=float, help="phase 2: each corruption's share of the images (default: the preset's)")
     p.add_argument("--clean-share", type=float, nargs="+", metavar="SHARE",
                    help="share of the images spared the corruptions; two values: phase 2's first and last epoch's, "
@@ -604,12 +608,17 @@ def parse_args(argv=None):
         p.error(f"--width {args.width}: a multiplier of the channels, above 0 (1.0: the network as published)")
     if args.clean_share is not None and len(args.clean_share) > 2:
         p.error(f"--clean-share {' '.join(map(str, args.clean_share))}: one share, or two (phase 2's first and last epoch's)")
+    if args.lr_head is not None and args.lr_head <= 0:
+        p.error(f"--lr-head {args.lr_head}: a learning rate, above 0 (the presets: 1e-4 pretrained, 1e-3 from scratch)")
+    if args.focal_gamma is not None and args.focal_gamma < 0:
+        p.error(f"--focal-gamma {args.focal_gamma}: 0 or more (0: cross-entropy; the presets: 2)")
     for flag, shares in (("--corrupt-p", [args.corrupt_p]), ("--clean-share", args.clean_share or [])):
         for share in shares:
             if share is not None and not 0 <= share <= 1:
                 p.error(f"{flag} {share}: a share of the images, from 0 to 1")
     config = dict(PRESETS[args.preset])
-    for key in ("backbone", "width", "input_size", "head_input_size", "backbone_weights", "unfreeze", "epochs_head", "epochs_finetune", "batch_size"):
+    for key in ("backbone", "width", "input_size", "head_input_size", "backbone_weights", "unfreeze", "epochs_head",
+                "epochs_finetune", "batch_size", "lr_head", "focal_gamma"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.clean_share is not None:
