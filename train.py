@@ -71,8 +71,8 @@ PRESETS = {
     # (head_input_size, progressive resizing) saves about 7 of its 19 minutes; four more phase-2
     # epochs took 4 of them, the rest is margin, and the run scored level with 96 px throughout.
     # Cross-entropy (focal_gamma 0, still weighted by class) instead of the focal loss gained most
-    # with two or three corruptions per image (1.3 points, one run): the focal loss turns its
-    # gradient away from the easy images, and this small network underfits the corrupted ones.
+    # with two or three corruptions per image (1.3 points, one run), likely because the focal loss
+    # turns its gradient away from the easy images and this small network underfits the corrupted ones.
     # `benchmark.py train-speed` says how many epochs an hour holds on a machine.
     # lr_finetune, restart_epochs, unfreeze and plateau_patience apply only to pretrained weights.
     "cpu": dict(

@@ -191,8 +191,8 @@ def test_command_line_options_change_only_their_own_preset_values():
     loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--lr-head", "2e-3"])[1]
     assert (loss_and_rate["focal_gamma"], loss_and_rate["lr_head"]) == (1.5, 2e-3)
     for refused in (["--width", "0"], ["--input-size", "16"], ["--head-input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
-                    ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"],
-                    ["--lr-head", "0"], ["--focal-gamma", "-1"]):  # a line needs two ends, no more
+                    ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"],  # a line needs two ends, no more
+                    ["--lr-head", "0"], ["--focal-gamma", "-1"]):  # no rate; no focal loss
         with pytest.raises(SystemExit):
             train.parse_args(["--preset", "cpu", *refused])
 
