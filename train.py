@@ -612,7 +612,7 @@ def parse_args(argv=None):
     if args.clean_share is not None and len(args.clean_share) > 2:
         p.error(f"--clean-share {' '.join(map(str, args.clean_share))}: one share, or two (phase 2's first and last epoch's)")
     if args.lr_head is not None and args.lr_head <= 0:
-        p.error(f"--lr-head {args.lr_head}: a learning rate, above 0 (the presets: 1e-4 pretrained, 1e-3 from scratch)")
+        p.error(f"--lr-head {args.lr_head}: a learning rate, above 0 (the seed preset's 1e-4, the cpu preset's 1e-3)")
     if args.focal_gamma is not None and args.focal_gamma < 0:
         p.error(f"--focal-gamma {args.focal_gamma}: 0 or more (0: cross-entropy, as in the cpu preset; the seed's: 2)")
     for flag, shares in (("--corrupt-p", [args.corrupt_p]), ("--clean-share", args.clean_share or [])):
