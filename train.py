@@ -593,6 +593,8 @@ def parse_args(argv=None):
                                                  "curve over both phases (default: the preset's)")
     p.add_argument("--focal-gamma", type=float, help="the focal loss' gamma; 0 gives cross-entropy, weighted by class "
                                                       "as the focal loss is (default: the preset's)")
+    p.add_argument("--label-smoothing", type=float, help="share of each label's weight spread over the other "
+                                                         "classes, from 0 to below 1 (default: the preset's)")
     p.add_argument("--corrupt-p", type=float, help="phase 2: each corruption's share of the images (default: the preset's)")
     p.add_argument("--clean-share", type=float, nargs="+", metavar="SHARE",
                    help="share of the images spared the corruptions; two values: phase 2's first and last epoch's, "
@@ -615,13 +617,16 @@ def parse_args(argv=None):
         p.error(f"--lr-head {args.lr_head}: a learning rate, above 0 (the seed preset's 1e-4, the cpu preset's 1e-3)")
     if args.focal_gamma is not None and args.focal_gamma < 0:
         p.error(f"--focal-gamma {args.focal_gamma}: 0 or more (0: cross-entropy, as in the cpu preset; the seed's: 2)")
+    if args.label_smoothing is not None and not 0 <= args.label_smoothing < 1:
+        p.error(f"--label-smoothing {args.label_smoothing}: from 0 (hard labels, the seed preset's) to below 1 "
+                "(the cpu preset's: 0.1)")
     for flag, shares in (("--corrupt-p", [args.corrupt_p]), ("--clean-share", args.clean_share or [])):
         for share in shares:
             if share is not None and not 0 <= share <= 1:
                 p.error(f"{flag} {share}: a share of the images, from 0 to 1")
     config = dict(PRESETS[args.preset])
     for key in ("backbone", "width", "input_size", "head_input_size", "backbone_weights", "unfreeze", "epochs_head",
-                "epochs_finetune", "batch_size", "lr_head", "focal_gamma"):
+                "epochs_finetune", "batch_size", "lr_head", "focal_gamma", "label_smoothing"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.clean_share is not None:
