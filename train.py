@@ -71,7 +71,7 @@ PRESETS = {
     # (head_input_size, progressive resizing) saves about 7 of its 19 minutes; four more phase-2
     # epochs took 4 of them, the rest is margin, and the run scored level with 96 px throughout.
     # Cross-entropy (focal_gamma 0, still weighted by class) instead of the focal loss gained most
-    # with two or three corruptions per image (1.3 points, one run), likely because the focal loss
+    # with two or three corruptions per image (0.9 to 1.4 points, two seeds), likely because the focal loss
     # turns its gradient away from the easy images and this small network underfits the corrupted ones.
     # For the same reason a peak rate of 2e-3 instead of 1e-3 gained on all three scores (1.1 points
     # clean, 1.7 mixed; one run): the network still underfits, and fits more at the higher rate.
