@@ -41,7 +41,7 @@ PRESETS = {
         backbone="EfficientNetV2L", width=1.0, backbone_weights="imagenet", input_size=96, head_input_size=None, dropout=0.3,
         max_images=None, holdout=0.1, validation=0.1,
         batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0,
-        focal_gamma=2.0, label_smoothing=0.0, weight_decay=1e-4,
+        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4,
         epochs_head=20, lr_head=1e-4, plateau_patience=2,                   # phase 1: backbone frozen
         epochs_finetune=30, lr_finetune=1e-5, restart_epochs=5, unfreeze=150,  # phase 2: top layers
         patience=5,
@@ -52,7 +52,7 @@ PRESETS = {
         backbone="MobileNetV3Small", width=1.0, backbone_weights="none", input_size=64, head_input_size=None, dropout=0.2,
         max_images=400, holdout=0.1, validation=0.1,
         batch_size=16, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0,
-        focal_gamma=2.0, label_smoothing=0.0, weight_decay=1e-4,
+        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4,
         epochs_head=8, lr_head=2e-3, plateau_patience=2,
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
@@ -81,7 +81,7 @@ PRESETS = {
         backbone="MobileNetV3Small", width=1.0, backbone_weights="none", input_size=96, head_input_size=64, dropout=0.2,
         max_images=None, holdout=0.1, validation=0.1,
         batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=(0.0, 0.2), clean_share=0.0,
-        focal_gamma=0.0, label_smoothing=0.1, weight_decay=1e-4,
+        focal_gamma=0.0, balance_classes=True, label_smoothing=0.1, weight_decay=1e-4,
         epochs_head=18, lr_head=2e-3, plateau_patience=4,
         epochs_finetune=36, lr_finetune=1e-3, restart_epochs=None, unfreeze=1000,
         patience=8,
@@ -115,8 +115,11 @@ def split_data(images, labels, config, seed, keep_outliers=False):
     return train, validation, holdout, removed
 
 
-def focal_alpha(labels):
-    """Per-class focal-loss alpha: inverse class frequency, 1.0 on average for balanced data."""
+def focal_alpha(labels, balanced=True):
+    """Per-class focal-loss alpha: inverse class frequency, 1.0 on average for balanced data; all
+    1.0 (every image counts the same) when not balanced."""
+    if not balanced:
+        return [1.0] * NUM_CLASSES
     counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
     return (len(labels) / (NUM_CLASSES * np.maximum(counts, 1))).tolist()
 
@@ -484,7 +487,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
         augment = make_augment(config, seed, config["corrupt_p"][phase], clean_share)
         return make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed)
     val_ds = make_dataset(images[val_idx], labels[val_idx], batch_size)
-    alpha = focal_alpha(labels[train_idx])
+    alpha = focal_alpha(labels[train_idx], config["balance_classes"])
     steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
     pretrained = config["backbone_weights"] != "none"
     # a pretrained backbone: phase 1 trains the head on it, frozen, at lr_head cut on plateaus, and
@@ -595,6 +598,8 @@ def parse_args(argv=None):
                                                  "curve over both phases (default: the preset's)")
     p.add_argument("--focal-gamma", type=float, help="the focal loss' gamma; 0 gives cross-entropy, weighted by class "
                                                       "as the focal loss is (default: the preset's)")
+    p.add_argument("--balance-classes", action=argparse.BooleanOptionalAction,
+                   help="weigh each class' images by its inverse frequency in the loss (default: the preset's: on)")
     p.add_argument("--label-smoothing", type=float, help="share of each label's weight spread over the other "
                                                          "classes, from 0 to below 1 (default: the preset's)")
     p.add_argument("--corrupt-p", type=float, help="phase 2: each corruption's share of the images (default: the preset's)")
@@ -628,7 +633,7 @@ def parse_args(argv=None):
                 p.error(f"{flag} {share}: a share of the images, from 0 to 1")
     config = dict(PRESETS[args.preset])
     for key in ("backbone", "width", "input_size", "head_input_size", "backbone_weights", "unfreeze", "epochs_head",
-                "epochs_finetune", "batch_size", "lr_head", "focal_gamma", "label_smoothing"):
+                "epochs_finetune", "batch_size", "lr_head", "focal_gamma", "balance_classes", "label_smoothing"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.clean_share is not None:

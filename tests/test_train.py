@@ -18,6 +18,7 @@ def test_focal_loss_matches_a_hand_computation():
     alpha = train.focal_alpha(labels)
     counts = np.bincount(labels, minlength=8)
     np.testing.assert_allclose(alpha, len(labels) / (8 * counts))  # rarer class, larger weight
+    assert train.focal_alpha(labels, balanced=False) == [1.0] * 8  # --no-balance-classes: every image alike
 
     network = keras.Sequential([keras.Input((8,)), keras.layers.Softmax()])
     train.compile_network(network, 1e-4, train.PRESETS["seed"], alpha)
@@ -190,6 +191,7 @@ def test_command_line_options_change_only_their_own_preset_values():
     assert train.parse_args(["--preset", "cpu", "--head-input-size", "48"])[1]["head_input_size"] == 48
     loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--lr-head", "3e-3", "--label-smoothing", "0"])[1]
     assert (loss_and_rate["focal_gamma"], loss_and_rate["lr_head"], loss_and_rate["label_smoothing"]) == (1.5, 3e-3, 0.0)
+    assert train.PRESETS["cpu"]["balance_classes"] and not train.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
     for refused in (["--width", "0"], ["--input-size", "16"], ["--head-input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
                     ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"],  # a line needs two ends, no more
                     ["--lr-head", "0"], ["--focal-gamma", "-1"],  # no rate; no focal loss
