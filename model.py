@@ -19,8 +19,8 @@ IMAGE_SIZE = 96  # the challenge's images are 96x96 RGB, values in [0, 255]
 WEIGHTS_GLOB = "weights*.npz"  # every matching file beside model.py is one network; several are averaged
 BATCH_SIZE = 64  # predict in batches: 10,000 images stay within a few GB even for EfficientNetV2L
 # Test-time augmentation: average the eight flips and right-angle rotations (cells have no
-# orientation). On: it gained 0.5-2.4 points clean and 1.0-2.7 over the corruption suite on all
-# eighteen networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
+# orientation). On: it gained 0.3-2.4 points clean and 1.0-2.7 over the corruption suite on all
+# nineteen networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
 # faster bundle.
 TEST_TIME_AUGMENTATION = True
 

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,12 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_
     state = latest_checkpoint(out)
     assert not (out / "weights.npz").exists()
 
+    # as a checkpoint of an older train.py, without a setting added since: the preset given supplies it
+    state_file = out / "checkpoint" / json.loads((out / "checkpoint" / "latest.json").read_text())["folder"] / "state.json"
+    older = json.loads(state_file.read_text())
+    del older["config"]["balance_classes"]
+    state_file.write_text(json.dumps(older))
+
     refused = run_train(learnable_npz, out)
     message = refused.communicate()[0]
     assert refused.returncode != 0 and "RESUME=1" in message and "--overwrite" in message
@@ -56,6 +63,7 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_
     log = resumed.communicate()[0]
     assert resumed.returncode == 0, log[-3000:]
     assert f"resuming from phase {state['phase']} epoch {state['epoch']}" in log
+    assert "the checkpoint predates balance_classes" in log
     with open(out / "history.csv") as f:
         history = list(csv.DictReader(f))
     assert history[:len(state["history"])] == [{k: str(v) for k, v in row.items()} for row in state["history"]]
@@ -66,6 +74,7 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_
                                                     train.PRESETS["tiny"]["patience"])
     split = json.loads((out / "split.json").read_text())
     assert split["holdout"] == state["split"]["holdout"]
+    assert split["config"]["balance_classes"] == train.PRESETS["tiny"]["balance_classes"]
     assert not (out / "checkpoint").exists()
     model.Model(out)  # the finished weights load
 
@@ -179,3 +188,24 @@ def test_a_checkpoint_restores_the_optimizer_state_also_under_mirrored_strategy(
     assert int(second.optimizer.iterations.numpy()) == int(first.optimizer.iterations.numpy()) > 0
     for a, b in zip(first.optimizer.variables + first.weights, second.optimizer.variables + second.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_editing_train_py_while_it_trains_does_not_break_the_run(learnable_npz, tmp_path):
+    # TensorFlow reads a function's source from the file when it first traces it; phase 2's corruptions,
+    # traced when phase 2 began, then read lines an edit had moved (and the cpu23 run crashed)
+    code = tmp_path / "code"
+    code.mkdir()
+    for name in ("train.py", "model.py", "data.py", "outliers.py"):
+        shutil.copy(ROOT / name, code / name)
+    out = tmp_path / "weights"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = subprocess.Popen([sys.executable, str(code / "train.py"), "--data", str(learnable_npz), "--preset", "tiny",
+                            "--epochs-head", "3", "--epochs-finetune", "2", "--corrupt-p", "0.5", "--out", str(out), "--keep-outliers"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    while run.poll() is None and not latest_checkpoint(out):  # phase 1 trains
+        time.sleep(0.2)
+    source = (code / "train.py").read_text()  # a user edits a helper near the top: every line below moves down
+    (code / "train.py").write_text(source.replace("\ndef focal_alpha(", "\n# edited\n# while\n# training\ndef focal_alpha(", 1))
+    log = run.communicate()[0]
+    assert run.returncode == 0, log[-3000:]
+    assert (out / "weights.npz").is_file()

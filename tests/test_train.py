@@ -189,8 +189,8 @@ def test_command_line_options_change_only_their_own_preset_values():
     falling = train.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
     assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
     assert train.parse_args(["--preset", "cpu", "--head-input-size", "48"])[1]["head_input_size"] == 48
-    loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--lr-head", "3e-3", "--label-smoothing", "0"])[1]
-    assert (loss_and_rate["focal_gamma"], loss_and_rate["lr_head"], loss_and_rate["label_smoothing"]) == (1.5, 3e-3, 0.0)
+    loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--lr-head", "4e-3", "--label-smoothing", "0"])[1]
+    assert (loss_and_rate["focal_gamma"], loss_and_rate["lr_head"], loss_and_rate["label_smoothing"]) == (1.5, 4e-3, 0.0)
     assert train.PRESETS["cpu"]["balance_classes"] and not train.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
     for refused in (["--width", "0"], ["--input-size", "16"], ["--head-input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
                     ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"],  # a line needs two ends, no more
