@@ -75,7 +75,8 @@ PRESETS = {
     # turns its gradient away from the easy images and this small network underfits the corrupted ones.
     # For the same reason a peak rate of 2e-3 instead of 1e-3 gained on all three scores (1.1 points
     # clean, 1.7 mixed; one run), and 3e-3 a little more (0.3 and 0.8; one run): the network still
-    # underfits, and fits more at the higher rate.
+    # underfits, and fits more at the higher rate. Ten more phase-2 epochs, and the loss without class
+    # weights, each scored level (one run each): the preset keeps 36 and the weights.
     # `benchmark.py train-speed` says how many epochs an hour holds on a machine.
     # lr_finetune, restart_epochs, unfreeze and plateau_patience apply only to pretrained weights.
     "cpu": dict(
