@@ -37,8 +37,9 @@ outliers: .venv/installed
 eda: .venv/installed
 	$(PY) eda.py --data $(DATA) --out $(REPORTS)
 
+# --durations: the ten slowest tests are listed at the end, to keep CI well inside its limit
 test: .venv/installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 clean:
 	rm -rf submission reports .pytest_cache

@@ -75,8 +75,9 @@ PRESETS = {
     # turns its gradient away from the easy images and this small network underfits the corrupted ones.
     # For the same reason a peak rate of 2e-3 instead of 1e-3 gained on all three scores (1.1 points
     # clean, 1.7 mixed; one run), and 3e-3 a little more (0.3 and 0.8; one run): the network still
-    # underfits, and fits more at the higher rate. Ten more phase-2 epochs, and the loss without class
-    # weights, each scored level (one run each): the preset keeps 36 and the weights.
+    # underfits, and fits more at the higher rate; 4e-3 scored level (the gain ends there). Ten more
+    # phase-2 epochs, the loss without class weights, and width 1.25 for the 16 + 30 epochs the hour
+    # holds at it, each scored level too (one run each): the preset keeps 36, the weights and width 1.0.
     # `benchmark.py train-speed` says how many epochs an hour holds on a machine.
     # lr_finetune, restart_epochs, unfreeze and plateau_patience apply only to pretrained weights.
     "cpu": dict(
