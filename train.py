@@ -319,8 +319,12 @@ def unfreeze_top(network, n):
 
 
 def compile_network(network, learning_rate, config, alpha):
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"])
+    # decay only the kernels, as the AdamW recipes do: BatchNorm's scales and offsets and the biases
+    # set no capacity to shrink
+    optimizer.exclude_from_weight_decay(var_list=[v for v in network.weights if len(v.shape) <= 1])
     network.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"]),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=config["focal_gamma"],
                                                        label_smoothing=config["label_smoothing"]),
         metrics=["accuracy"])
@@ -613,6 +617,7 @@ def parse_args(argv=None):
                    help="weigh each class' images by its inverse frequency in the loss (default: the preset's: on)")
     p.add_argument("--label-smoothing", type=float, help="share of each label's weight spread over the other "
                                                          "classes, from 0 to below 1 (default: the preset's)")
+    p.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay of the kernels (default: the preset's)")
     p.add_argument("--corrupt-p", type=float, help="phase 2: each corruption's share of the images (default: the preset's)")
     p.add_argument("--clean-share", type=float, nargs="+", metavar="SHARE",
                    help="share of the images spared the corruptions; two values: phase 2's first and last epoch's, "
@@ -638,13 +643,16 @@ def parse_args(argv=None):
     if args.label_smoothing is not None and not 0 <= args.label_smoothing < 1:
         p.error(f"--label-smoothing {args.label_smoothing}: from 0 (hard labels, the seed preset's) to below 1 "
                 "(the cpu preset's: 0.1)")
+    if args.weight_decay is not None and args.weight_decay < 0:
+        p.error(f"--weight-decay {args.weight_decay}: 0 (none) or more (the presets' 1e-4; AdamW recipes use up to 0.05)")
     for flag, shares in (("--corrupt-p", [args.corrupt_p]), ("--clean-share", args.clean_share or [])):
         for share in shares:
             if share is not None and not 0 <= share <= 1:
                 p.error(f"{flag} {share}: a share of the images, from 0 to 1")
     config = dict(PRESETS[args.preset])
     for key in ("backbone", "width", "input_size", "head_input_size", "backbone_weights", "unfreeze", "epochs_head",
-                "epochs_finetune", "batch_size", "lr_head", "focal_gamma", "balance_classes", "label_smoothing"):
+                "epochs_finetune", "batch_size", "lr_head", "focal_gamma", "balance_classes", "label_smoothing",
+                "weight_decay"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.clean_share is not None:

@@ -31,6 +31,22 @@ def test_focal_loss_matches_a_hand_computation():
     assert float(network.loss(y, p)) == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_weight_decay_shrinks_the_kernels_and_spares_batchnorm_and_biases():
+    network = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(5, 3), keras.layers.BatchNormalization(),
+                                keras.layers.Flatten(), keras.layers.Dense(8)])
+    lr, decay = 0.1, 0.5
+    train.compile_network(network, lr, {**train.PRESETS["cpu"], "weight_decay": decay}, [1.0] * 8)
+    variables = network.trainable_variables
+    for v in variables:  # nonzero everywhere, so a decay of any of them would show
+        v.assign(np.full(v.shape, 2.0, np.float32))
+    # a zero gradient moves nothing through Adam's moments, so only the decay changes a weight
+    network.optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
+    for v in variables:
+        expected = 2.0 * (1 - lr * decay) if len(v.shape) > 1 else 2.0
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=v.path)
+    assert sum(len(v.shape) > 1 for v in variables) == 2 and sum(len(v.shape) <= 1 for v in variables) == 4
+
+
 def test_unfreezing_trains_exactly_the_top_layers_and_never_batchnorm():
     network = model.build_network("EfficientNetV2B0")
     backbone = train.backbone_of(network)
@@ -189,13 +205,16 @@ def test_command_line_options_change_only_their_own_preset_values():
     falling = train.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
     assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
     assert train.parse_args(["--preset", "cpu", "--head-input-size", "48"])[1]["head_input_size"] == 48
-    loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--lr-head", "4e-3", "--label-smoothing", "0"])[1]
-    assert (loss_and_rate["focal_gamma"], loss_and_rate["lr_head"], loss_and_rate["label_smoothing"]) == (1.5, 4e-3, 0.0)
+    loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--lr-head", "4e-3", "--label-smoothing", "0",
+                                      "--weight-decay", "0.05"])[1]
+    assert (loss_and_rate["focal_gamma"], loss_and_rate["lr_head"], loss_and_rate["label_smoothing"],
+            loss_and_rate["weight_decay"]) == (1.5, 4e-3, 0.0, 0.05)
     assert train.PRESETS["cpu"]["balance_classes"] and not train.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
     for refused in (["--width", "0"], ["--input-size", "16"], ["--head-input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
                     ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"],  # a line needs two ends, no more
                     ["--lr-head", "0"], ["--focal-gamma", "-1"],  # no rate; no focal loss
-                    ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"]):  # no label left; not a share
+                    ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],  # no label left; not a share
+                    ["--weight-decay", "-1e-4"]):  # a decay that grows the weights
         with pytest.raises(SystemExit):
             train.parse_args(["--preset", "cpu", *refused])
 
