@@ -323,7 +323,7 @@ def unfreeze_top(network, n):
 def compile_network(network, learning_rate, config, alpha):
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"])
     # decay only the kernels, as the AdamW recipes do: BatchNorm's scales and offsets and the biases
-    # set no capacity to shrink
+    # are few, and not what overfits
     optimizer.exclude_from_weight_decay(var_list=[v for v in network.weights if len(v.shape) <= 1])
     network.compile(
         optimizer=optimizer,
@@ -646,7 +646,7 @@ def parse_args(argv=None):
         p.error(f"--label-smoothing {args.label_smoothing}: from 0 (hard labels, the seed preset's) to below 1 "
                 "(the cpu preset's: 0.1)")
     if args.weight_decay is not None and args.weight_decay < 0:
-        p.error(f"--weight-decay {args.weight_decay}: 0 (none) or more (the presets' 1e-4; AdamW recipes use up to 0.05)")
+        p.error(f"--weight-decay {args.weight_decay}: 0 (none) or more (the seed preset's 1e-4, the cpu preset's 0.05)")
     for flag, shares in (("--corrupt-p", [args.corrupt_p]), ("--clean-share", args.clean_share or [])):
         for share in shares:
             if share is not None and not 0 <= share <= 1:
