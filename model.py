@@ -19,8 +19,8 @@ IMAGE_SIZE = 96  # the challenge's images are 96x96 RGB, values in [0, 255]
 WEIGHTS_GLOB = "weights*.npz"  # every matching file beside model.py is one network; several are averaged
 BATCH_SIZE = 64  # images through the network at once (views included): a few GB even for EfficientNetV2L
 # Test-time augmentation: average the eight flips and right-angle rotations (cells have no
-# orientation). On: it gained 0.3-2.4 points clean and 1.0-2.7 over the corruption suite on all
-# twenty-five networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
+# orientation). On: it gained 0.3-2.4 points clean and 0.8-2.7 over the corruption suite on all
+# twenty-six networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
 # faster bundle.
 TEST_TIME_AUGMENTATION = True
 
