@@ -139,7 +139,7 @@ VIEWS = 8  # the flips and right-angle rotations of a square: four turns, each a
 
 
 def dihedral_views(x):
-    """The VIEWS flips and right-angle rotations of a batch of square images."""
+    """The eight (VIEWS) flips and right-angle rotations of a batch of square images."""
     turns = [tf.image.rot90(x, k) for k in range(4)]
     return turns + [tf.image.flip_left_right(t) for t in turns]
 
@@ -148,7 +148,7 @@ def compiled_forward(network, tta):
     """The network as one traced graph for float batches, averaged over the eight views when tta.
 
     The views go through the network as one batch: a single copy of the network in the graph
-    traces in seconds, where eight copies took a minute for EfficientNetV2B0."""
+    traces in seconds, where eight copies took about a minute for EfficientNetV2B0."""
     @tf.function(input_signature=[tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)])
     def forward(x):
         if not tta:
