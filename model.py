@@ -153,8 +153,9 @@ def compiled_forward(network, tta):
     def forward(x):
         if not tta:
             return network(x, training=False)
-        probs = network(tf.concat(dihedral_views(x), axis=0), training=False)
-        return tf.reduce_mean(tf.reshape(probs, (VIEWS, -1, NUM_CLASSES)), axis=0)
+        views = dihedral_views(x)
+        probs = network(tf.concat(views, axis=0), training=False)
+        return tf.reduce_mean(tf.reshape(probs, (len(views), -1, NUM_CLASSES)), axis=0)
     return forward
 
 
