@@ -20,7 +20,7 @@ WEIGHTS_GLOB = "weights*.npz"  # every matching file beside model.py is one netw
 BATCH_SIZE = 64  # images through the network at once (views included): a few GB even for EfficientNetV2L
 # Test-time augmentation: average the eight flips and right-angle rotations (cells have no
 # orientation). On: it gained 0.3-2.4 points clean and 0.8-2.7 over the corruption suite on all
-# twenty-six networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
+# twenty-eight networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
 # faster bundle.
 TEST_TIME_AUGMENTATION = True
 

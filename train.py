@@ -57,31 +57,21 @@ PRESETS = {
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
     ),
-    # from scratch on 2 CPU cores (work in progress: issue 6, BENCHMARKS.md). No ImageNet weights,
-    # so nothing is frozen: the whole network trains from the first step on one warm-up and cosine
-    # decay over both phases (from_scratch_schedule). Phase 1 learns the cells on RandAugment alone;
-    # phase 2 adds the test-set-like corruptions (a random network does not start learning under them).
-    # MobileNetV3Small (0.9M parameters) trains four times as fast as EfficientNetV2B0 on these
-    # memory-bound CPUs, so 18 + 32 epochs fit the hour where B0 fitted 6 + 10, and it scores higher;
-    # at the challenge's own 96 px it scores higher still than at 64 (BENCHMARKS.md); upsampled to
-    # 128 px, or 1.25 times as wide (width), for the fewer epochs the hour holds then, it scored no higher
-    # (under the focal loss, and again at the loss and rate below).
-    # clean_share 0.5 (half of each batch spared the corruptions) bought 2 points clean for 2 on
-    # the mixed set; robustness decides the modified test set, so it stays 0. Falling from 0.5 to 0
-    # over phase 2 (two numbers, [0.5, 0]) landed between the two on both. Phase 1 at 64 px
-    # (head_input_size, progressive resizing) saves about 7 of its 19 minutes; four more phase-2
-    # epochs took 4 of them, the rest is margin, and the run scored level with 96 px throughout.
-    # Cross-entropy (focal_gamma 0, still weighted by class) instead of the focal loss gained most
-    # with two or three corruptions per image (0.9 to 1.4 points, two seeds), likely because the focal loss
-    # turns its gradient away from the easy images and this small network underfits the corrupted ones.
-    # For the same reason a peak rate of 2e-3 instead of 1e-3 gained on all three scores (1.1 points
-    # clean, 1.7 mixed; one run), and 3e-3 a little more (0.3 and 0.8; one run): the network still
-    # underfits, and fits more at the higher rate; 4e-3 scored level (the gain ends there). Ten more
-    # phase-2 epochs and the loss without class weights each scored level too (one run each): the
-    # preset keeps 36 and the weights. A second seed scored within half a point. AdamW's weight decay
-    # at the AdamW recipes' 0.05 (kernels only) instead of 1e-4 scored level or a little higher on all
-    # three (one run): the preset takes it. Hard labels (label_smoothing 0) instead of 0.1 lost on all
-    # three, by 0.8 to 1.9 points (one run).
+    # from scratch on 2 CPU cores in under an hour (issue 6; every run and figure behind these
+    # choices is in BENCHMARKS.md). No ImageNet weights, so nothing is frozen: the whole network
+    # trains from the first step on one warm-up and cosine decay over both phases
+    # (from_scratch_schedule). Phase 1 learns the cells on RandAugment alone, at 64 px for cheap
+    # epochs (head_input_size): a random network does not start learning under the corruptions.
+    # Phase 2, at the images' own 96 px, adds the test-set-like corruptions on every image
+    # (clean_share 0.5 bought 2 points clean for 2 on the mixed set, and robustness decides the
+    # modified test set). MobileNetV3Small, because these CPUs are bound by memory speed: it trains
+    # four times as fast as EfficientNetV2B0, and three times the epochs gained more than B0's
+    # capacity; wider (width 1.25), upsampled to 128 px or given more epochs, it scored no higher.
+    # The network underfits, so what let it fit more gained: cross-entropy instead of the focal
+    # loss (focal_gamma 0: +0.9 to 1.4 points mixed, two seeds) and a peak rate of 3e-3 (+0.9 to 1.4
+    # clean and +2.5 mixed over 1e-3); 4e-3 scored level. Label smoothing stays at 0.1 (none lost
+    # 1 to 2 points, 0.2 scored level); AdamW's weight decay of 0.05 on the kernels scored level
+    # with 1e-4 or a little higher.
     # `benchmark.py train-speed` says how many epochs an hour holds on a machine.
     # lr_finetune, restart_epochs, unfreeze and plateau_patience apply only to pretrained weights.
     "cpu": dict(
@@ -597,6 +587,11 @@ def save_history(rows, out):
     data.save_figure(fig, out / "history.png")
 
 
+def preset_values(key):
+    """Each preset's value of a setting, for error messages: "presets: seed 0.0, tiny 0.0, cpu 0.1"."""
+    return "presets: " + ", ".join(f"{name} {preset[key]}" for name, preset in PRESETS.items())
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/training_set.npz", help="the challenge's training_set.npz")
@@ -640,14 +635,14 @@ def parse_args(argv=None):
     if args.clean_share is not None and len(args.clean_share) > 2:
         p.error(f"--clean-share {' '.join(map(str, args.clean_share))}: one share, or two (phase 2's first and last epoch's)")
     if args.lr_head is not None and args.lr_head <= 0:
-        p.error(f"--lr-head {args.lr_head}: a learning rate, above 0 (the seed preset's 1e-4, the cpu preset's 3e-3)")
+        p.error(f"--lr-head {args.lr_head}: a learning rate, above 0 ({preset_values('lr_head')})")
     if args.focal_gamma is not None and args.focal_gamma < 0:
-        p.error(f"--focal-gamma {args.focal_gamma}: 0 or more (0: cross-entropy, as in the cpu preset; the seed's: 2)")
+        p.error(f"--focal-gamma {args.focal_gamma}: 0 or more (0: cross-entropy; {preset_values('focal_gamma')})")
     if args.label_smoothing is not None and not 0 <= args.label_smoothing < 1:
-        p.error(f"--label-smoothing {args.label_smoothing}: from 0 (hard labels, the seed preset's) to below 1 "
-                "(the cpu preset's: 0.1)")
+        p.error(f"--label-smoothing {args.label_smoothing}: from 0 (hard labels) to below 1 "
+                f"({preset_values('label_smoothing')})")
     if args.weight_decay is not None and args.weight_decay < 0:
-        p.error(f"--weight-decay {args.weight_decay}: 0 (none) or more (the seed preset's 1e-4, the cpu preset's 0.05)")
+        p.error(f"--weight-decay {args.weight_decay}: 0 (none) or more ({preset_values('weight_decay')})")
     for flag, shares in (("--corrupt-p", [args.corrupt_p]), ("--clean-share", args.clean_share or [])):
         for share in shares:
             if share is not None and not 0 <= share <= 1:
