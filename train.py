@@ -41,7 +41,7 @@ PRESETS = {
         backbone="EfficientNetV2L", width=1.0, backbone_weights="imagenet", input_size=96, head_input_size=None, dropout=0.3,
         max_images=None, holdout=0.1, validation=0.1,
         batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0,
-        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4,
+        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0,
         epochs_head=20, lr_head=1e-4, plateau_patience=2,                   # phase 1: backbone frozen
         epochs_finetune=30, lr_finetune=1e-5, restart_epochs=5, unfreeze=150,  # phase 2: top layers
         patience=5,
@@ -52,7 +52,7 @@ PRESETS = {
         backbone="MobileNetV3Small", width=1.0, backbone_weights="none", input_size=64, head_input_size=None, dropout=0.2,
         max_images=400, holdout=0.1, validation=0.1,
         batch_size=16, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0,
-        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4,
+        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0,
         epochs_head=8, lr_head=2e-3, plateau_patience=2,
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
@@ -78,7 +78,7 @@ PRESETS = {
         backbone="MobileNetV3Small", width=1.0, backbone_weights="none", input_size=96, head_input_size=64, dropout=0.2,
         max_images=None, holdout=0.1, validation=0.1,
         batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=(0.0, 0.2), clean_share=0.0,
-        focal_gamma=0.0, balance_classes=True, label_smoothing=0.1, weight_decay=0.05,
+        focal_gamma=0.0, balance_classes=True, label_smoothing=0.1, weight_decay=0.05, ema_momentum=0.0,
         epochs_head=18, lr_head=3e-3, plateau_patience=4,
         epochs_finetune=36, lr_finetune=1e-3, restart_epochs=None, unfreeze=1000,
         patience=8,
@@ -312,7 +312,11 @@ def unfreeze_top(network, n):
 
 
 def compile_network(network, learning_rate, config, alpha):
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"])
+    # ema_momentum above 0: AdamW also keeps an exponential moving average of the weights, which
+    # validation sees and each phase ends with (run_phase)
+    averaging = config["ema_momentum"] > 0
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"],
+                                       use_ema=averaging, ema_momentum=config["ema_momentum"] if averaging else 0.99)
     # decay only the kernels, as the AdamW recipes do: BatchNorm's scales and offsets and the biases
     # are few, and not what overfits
     optimizer.exclude_from_weight_decay(var_list=[v for v in network.weights if len(v.shape) <= 1])
@@ -389,10 +393,25 @@ class Checkpoint(keras.callbacks.Callback):
     def restore(self, network):
         """Put the checkpoint's network weights, and its optimizer state when it has one, back."""
         network.set_weights(arrays(self.current / "network.npz"))
+        optimizer = network.optimizer
         if (self.current / "optimizer.npz").is_file():
-            network.optimizer.build(network.trainable_variables)
-            for variable, value in zip(network.optimizer.variables, arrays(self.current / "optimizer.npz")):
+            optimizer.build(network.trainable_variables)
+            saved = arrays(self.current / "optimizer.npz")
+            if len(saved) != len(optimizer.variables):  # say, a checkpoint from before weight averaging
+                sys.exit(f"the optimizer state in {self.current} does not fit this run's optimizer ({len(saved)} "
+                         f"arrays for {len(optimizer.variables)}): start afresh with --overwrite")
+            for variable, value in zip(optimizer.variables, saved):
                 variable.assign(value)
+        if optimizer.use_ema and optimizer.built:
+            # Saved at an epoch's end, the network held the average (SwapEMAWeights puts it there for
+            # early stopping and this checkpoint) and the average's slots the weights in training:
+            # swap them back. A phase's first epoch starts the average afresh from its weights.
+            mid_phase = json.loads((self.current / "state.json").read_text())["epoch"] > 0
+            for weight, average in zip(network.trainable_variables, optimizer._model_variables_moving_average):
+                held = weight.numpy()
+                if mid_phase:
+                    weight.assign(average)
+                average.assign(held)
 
     def on_train_begin(self, logs=None):
         # Keras resets EarlyStopping and ReduceLROnPlateau here; give them back what the killed run had
@@ -439,8 +458,11 @@ def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=Non
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True,
                                          verbose=1)
     checkpoint.watched = {"early_stopping": stop, **({"plateau": plateau} if plateau else {})}
+    # with weight averaging, validation scores the average, and at each epoch's end the average goes
+    # into the network before early stopping keeps the best one: the phase ends with the best average
+    average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if network.optimizer.use_ema else []
     network.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start,
-                callbacks=[*follow, *checkpoint.watched.values(), checkpoint],  # checkpoint last: it sees their state
+                callbacks=[*follow, *average, *checkpoint.watched.values(), checkpoint],  # checkpoint last: it sees their state
                 verbose=1 if sys.stdout.isatty() else 2)  # bars on a terminal, a line per epoch in logs
 
 
@@ -616,6 +638,8 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=float, help="share of each label's weight spread over the other "
                                                          "classes, from 0 to below 1 (default: the preset's)")
     p.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay of the kernels (default: the preset's)")
+    p.add_argument("--ema-momentum", type=float, help="keep a moving average of the weights with this momentum, and "
+                                                      "validate and keep it; 0: none (default: the preset's)")
     p.add_argument("--corrupt-p", type=float, help="phase 2: each corruption's share of the images (default: the preset's)")
     p.add_argument("--clean-share", type=float, nargs="+", metavar="SHARE",
                    help="share of the images spared the corruptions; two values: phase 2's first and last epoch's, "
@@ -643,6 +667,9 @@ def parse_args(argv=None):
                 f"({preset_values('label_smoothing')})")
     if args.weight_decay is not None and args.weight_decay < 0:
         p.error(f"--weight-decay {args.weight_decay}: 0 (none) or more ({preset_values('weight_decay')})")
+    if args.ema_momentum is not None and not 0 <= args.ema_momentum < 1:
+        p.error(f"--ema-momentum {args.ema_momentum}: from 0 (no average) to below 1; 0.998 averages over about "
+                f"500 steps ({preset_values('ema_momentum')})")
     for flag, shares in (("--corrupt-p", [args.corrupt_p]), ("--clean-share", args.clean_share or [])):
         for share in shares:
             if share is not None and not 0 <= share <= 1:
@@ -650,7 +677,7 @@ def parse_args(argv=None):
     config = dict(PRESETS[args.preset])
     for key in ("backbone", "width", "input_size", "head_input_size", "backbone_weights", "unfreeze", "epochs_head",
                 "epochs_finetune", "batch_size", "lr_head", "focal_gamma", "balance_classes", "label_smoothing",
-                "weight_decay"):
+                "weight_decay", "ema_momentum"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.clean_share is not None:

@@ -165,6 +165,73 @@ def test_early_stopping_waits_its_patience_also_across_a_resume(tmp_path):
     assert resumed.state["stopped"]
 
 
+class RawWeights(keras.callbacks.Callback):
+    """The weights in training after every step (SwapEMAWeights swaps only at an epoch's end)."""
+    def on_train_begin(self, logs=None):
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([w.numpy() for w in self.model.trainable_weights])
+
+
+def test_weight_averaging_is_validated_kept_and_resumed_with_the_weights_in_training(tmp_path):
+    momentum, steps_per_epoch = 0.8, 4
+    config = {**train.PRESETS["tiny"], "ema_momentum": momentum, "patience": 10}
+    def compiled():
+        network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.Rescaling(1 / 255),
+                                    keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(8, activation="softmax")])
+        train.compile_network(network, 1e-2, config, [1.0] * 8)
+        return network
+    rng = np.random.default_rng(0)
+    ds = train.make_dataset(rng.integers(0, 256, (16 * steps_per_epoch, 96, 96, 3), dtype=np.uint8),
+                            rng.integers(0, 8, 16 * steps_per_epoch), 16)
+    def phase(folder, *follow):
+        network, raw = compiled(), RawWeights()
+        checkpoint = train.Checkpoint(folder)
+        checkpoint.state = {"phase": "head", "epoch": 0, "history": [], "callbacks": {}}
+        try:
+            train.run_phase(network, 3, ds, ds, checkpoint, config, follow=[raw, *follow])
+        except Killed:
+            pass
+        averages, average = [], raw.steps[0]  # Keras' first step copies the weights
+        for step in raw.steps:
+            average = [momentum * a + (1 - momentum) * w for a, w in zip(average, step)]
+            averages.append(average)
+        return network, checkpoint, raw.steps, averages
+
+    network, checkpoint, steps, averages = phase(tmp_path / "whole")
+    best = int(checkpoint.state["callbacks"]["early_stopping"]["best_epoch"])
+    kept = averages[(best + 1) * steps_per_epoch - 1]
+    for weight, expected, trained in zip(network.trainable_weights, kept, steps[(best + 1) * steps_per_epoch - 1]):
+        np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-4, atol=1e-6)  # the phase ends with the average
+        assert not np.allclose(expected, trained, rtol=1e-3)  # which is not the weights in training
+    assert network.evaluate(ds, verbose=0)[0] == pytest.approx(checkpoint.state["history"][best]["val_loss"], rel=1e-5)
+
+    checkpoint.state.update(phase="finetune", epoch=0)  # the next phase starts its average from its first weights
+    checkpoint.save(network)
+    following = compiled()
+    reloaded = train.Checkpoint(tmp_path / "whole")
+    reloaded.load()
+    reloaded.restore(following)
+    for weight, average, expected in zip(following.trainable_weights, following.optimizer._model_variables_moving_average, kept):
+        np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(average.numpy(), weight.numpy())
+
+    def die(epoch, logs=None):
+        if epoch == 1:
+            raise Killed()
+    _, _, steps, averages = phase(tmp_path / "killed", keras.callbacks.LambdaCallback(on_epoch_begin=die))
+    assert len(steps) == steps_per_epoch  # killed after the first epoch's checkpoint
+    resumed = compiled()  # training goes on from the weights in training, averaging from the average
+    reloaded = train.Checkpoint(tmp_path / "killed")
+    reloaded.load()
+    reloaded.restore(resumed)
+    for weight, average, trained, expected in zip(resumed.trainable_weights, resumed.optimizer._model_variables_moving_average,
+                                                  steps[-1], averages[-1]):
+        np.testing.assert_allclose(weight.numpy(), trained, rtol=1e-6, atol=1e-7)  # SwapEMAWeights swaps by sums
+        np.testing.assert_allclose(average.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
 def test_a_checkpoint_restores_the_optimizer_state_also_under_mirrored_strategy(tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     def compiled():

@@ -206,15 +206,16 @@ def test_command_line_options_change_only_their_own_preset_values():
     assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
     assert train.parse_args(["--preset", "cpu", "--head-input-size", "48"])[1]["head_input_size"] == 48
     loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--lr-head", "4e-3", "--label-smoothing", "0",
-                                      "--weight-decay", "0.05"])[1]
+                                      "--weight-decay", "0.05", "--ema-momentum", "0.998"])[1]
     assert (loss_and_rate["focal_gamma"], loss_and_rate["lr_head"], loss_and_rate["label_smoothing"],
-            loss_and_rate["weight_decay"]) == (1.5, 4e-3, 0.0, 0.05)
+            loss_and_rate["weight_decay"], loss_and_rate["ema_momentum"]) == (1.5, 4e-3, 0.0, 0.05, 0.998)
     assert train.PRESETS["cpu"]["balance_classes"] and not train.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
     for refused in (["--width", "0"], ["--input-size", "16"], ["--head-input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
                     ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"],  # a line needs two ends, no more
                     ["--lr-head", "0"], ["--focal-gamma", "-1"],  # no rate; no focal loss
                     ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],  # no label left; not a share
-                    ["--weight-decay", "-1e-4"]):  # a decay that grows the weights
+                    ["--weight-decay", "-1e-4"],  # a decay that grows the weights
+                    ["--ema-momentum", "1"], ["--ema-momentum", "-0.1"]):  # an average that never moves; not a momentum
         with pytest.raises(SystemExit):
             train.parse_args(["--preset", "cpu", *refused])
 
