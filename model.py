@@ -24,7 +24,8 @@ BATCH_SIZE = 64  # images through the network at once (views included): a few GB
 # faster bundle.
 TEST_TIME_AUGMENTATION = True
 
-# keras.applications backbones we know, each with the module that holds its own preprocess_input
+# the backbones we know: keras.applications networks, each with the module that holds its own
+# preprocess_input, and ours, with None
 BACKBONES = {
     "EfficientNetV2B0": "efficientnet_v2", "EfficientNetV2B1": "efficientnet_v2",
     "EfficientNetV2B2": "efficientnet_v2", "EfficientNetV2B3": "efficientnet_v2",
@@ -34,7 +35,31 @@ BACKBONES = {
     "ConvNeXtLarge": "convnext", "ConvNeXtXLarge": "convnext",
     "MobileNetV3Small": "mobilenet_v3", "MobileNetV3Large": "mobilenet_v3",
     "ResNet50": "resnet", "ResNet50V2": "resnet_v2", "VGG19": "vgg19", "VGG16": "vgg16",
+    "ResNet10": None,  # ours (resnet10, below), from random weights only
 }
+
+
+def resnet10(input_shape, widths=(32, 64, 128, 256)):
+    """A ResNet-10 for training from scratch: a 4x4 stride-4 patch stem, then four stages of one
+    basic block (two 3x3 convolutions beside a shortcut), each after the first halving the size
+    and doubling the channels. Its convolutions are dense where MobileNetV3's are depthwise, so
+    it makes other errors; the patch stem starts the first stage at 24 px, which keeps an epoch
+    about as fast as MobileNetV3Small's (BENCHMARKS.md)."""
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(widths[0], 4, strides=4, use_bias=False, name="stem_conv")(inputs)
+    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    for stage, width in enumerate(widths, start=1):
+        strides = 1 if stage == 1 else 2
+        y = layers.Conv2D(width, 3, strides=strides, padding="same", use_bias=False, name=f"stage{stage}_conv1")(x)
+        y = layers.ReLU(name=f"stage{stage}_relu1")(layers.BatchNormalization(name=f"stage{stage}_bn1")(y))
+        y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"stage{stage}_conv2")(y)
+        y = layers.BatchNormalization(name=f"stage{stage}_bn2")(y)
+        if strides != 1 or x.shape[-1] != width:  # the shortcut must change size and channels too
+            x = layers.Conv2D(width, 1, strides=strides, use_bias=False, name=f"stage{stage}_project")(x)
+            x = layers.BatchNormalization(name=f"stage{stage}_project_bn")(x)
+        x = layers.ReLU(name=f"stage{stage}_out")(layers.Add(name=f"stage{stage}_add")([x, y]))
+    return keras.Model(inputs, x, name="resnet10")
 
 
 def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2, backbone_weights=None, width=1.0):
@@ -49,14 +74,20 @@ def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     if width != 1.0 and not backbone.startswith("MobileNet"):
         raise ValueError(f"width {width}: only the MobileNets scale their width; {backbone} takes 1.0")
+    if BACKBONES[backbone] is None and backbone_weights is not None:
+        raise ValueError(f"{backbone} has no pretrained weights: train it from scratch with --backbone-weights none")
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
     x = inputs
     if input_size != IMAGE_SIZE:
         x = keras.layers.Resizing(input_size, input_size, name="resize")(x)
-    x = getattr(keras.applications, BACKBONES[backbone]).preprocess_input(x)
-    base = getattr(keras.applications, backbone)(include_top=False, weights=backbone_weights,
-                                                 input_shape=(input_size, input_size, 3),
-                                                 **({"alpha": width} if width != 1.0 else {}))
+    if backbone == "ResNet10":
+        x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(x)  # to [-1, 1]
+        base = resnet10((input_size, input_size, 3))
+    else:
+        x = getattr(keras.applications, BACKBONES[backbone]).preprocess_input(x)
+        base = getattr(keras.applications, backbone)(include_top=False, weights=backbone_weights,
+                                                     input_shape=(input_size, input_size, 3),
+                                                     **({"alpha": width} if width != 1.0 else {}))
     x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)

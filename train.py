@@ -274,6 +274,9 @@ def create_network(config):
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         sys.exit(f"--backbone-weights {weights}: no such file. Use imagenet, none, or the path of a "
                  f"local .h5 file of {config['backbone']} without its top (include_top=False)")
+    if weights != "none" and BACKBONES[config["backbone"]] is None:
+        sys.exit(f"--backbone {config['backbone']} has no pretrained weights: train it from scratch with "
+                 "--backbone-weights none")
     if weights == "imagenet" and config["width"] not in (0.75, 1.0):
         sys.exit(f"--width {config['width']}: Keras has ImageNet weights for widths 0.75 and 1.0 only. "
                  "Train this width from scratch with --backbone-weights none")
@@ -618,7 +621,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/training_set.npz", help="the challenge's training_set.npz")
     p.add_argument("--preset", default="seed", choices=PRESETS)
-    p.add_argument("--backbone", choices=BACKBONES, help="a keras.applications network (default: the preset's)")
+    p.add_argument("--backbone", choices=BACKBONES, help="a keras.applications network, or our ResNet10 (default: the preset's)")
     p.add_argument("--width", type=float, help="the MobileNets' channel multiplier, Keras' alpha (default: the preset's)")
     p.add_argument("--input-size", type=int, help="pixels the network sees, resized from 96 (default: the preset's)")
     p.add_argument("--head-input-size", type=int,

@@ -109,7 +109,7 @@ def test_offline_imagenet_download_names_the_offline_options(monkeypatch):
     assert "local" in str(error.value)
 
 
-def test_a_width_without_imagenet_weights_says_to_train_from_scratch(monkeypatch):
+def test_a_width_or_a_backbone_without_imagenet_weights_says_to_train_from_scratch(monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("nothing to download: Keras has no ImageNet weights of this width")
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_download)
@@ -118,6 +118,8 @@ def test_a_width_without_imagenet_weights_says_to_train_from_scratch(monkeypatch
         train.create_network(config)
     with pytest.raises(ValueError, match="only the MobileNets"):  # not taken for a failed download
         train.create_network({**config, "backbone": "EfficientNetV2B0", "width": 0.75})
+    with pytest.raises(SystemExit, match="ResNet10 has no pretrained weights.*--backbone-weights none"):
+        train.create_network({**config, "backbone": "ResNet10", "width": 1.0})
 
 
 def test_backbone_weights_from_a_local_file(tmp_path):
