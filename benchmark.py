@@ -114,7 +114,7 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
         network = train.create_network({**config, "input_size": sizes[phase], "backbone_weights": "none"})
         train.compile_network(network, 1e-4, config, train.focal_alpha(labels))
         augment = train.make_augment(config, 0, config["corrupt_p"][phase])
-        dataset = train.make_dataset(images, labels, config["batch_size"], augment).repeat()
+        dataset = train.make_dataset(images, labels, config["batch_size"], augment, mix=train.MIXES[config["mix"]]).repeat()
         # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation
         # runs ahead of the training step, on the cycles the step leaves idle; the first epoch traces
         ends = []

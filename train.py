@@ -41,7 +41,7 @@ PRESETS = {
         backbone="EfficientNetV2L", width=1.0, backbone_weights="imagenet", input_size=96, head_input_size=None, dropout=0.3,
         max_images=None, holdout=0.1, validation=0.1,
         batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0,
-        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0,
+        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0, mix="none",
         epochs_head=20, lr_head=1e-4, plateau_patience=2,                   # phase 1: backbone frozen
         epochs_finetune=30, lr_finetune=1e-5, restart_epochs=5, unfreeze=150,  # phase 2: top layers
         patience=5,
@@ -52,7 +52,7 @@ PRESETS = {
         backbone="MobileNetV3Small", width=1.0, backbone_weights="none", input_size=64, head_input_size=None, dropout=0.2,
         max_images=400, holdout=0.1, validation=0.1,
         batch_size=16, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0,
-        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0,
+        focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0, mix="none",
         epochs_head=8, lr_head=2e-3, plateau_patience=2,
         epochs_finetune=8, lr_finetune=1e-3, restart_epochs=2, unfreeze=1000,
         patience=5,
@@ -78,7 +78,7 @@ PRESETS = {
         backbone="MobileNetV3Small", width=1.0, backbone_weights="none", input_size=96, head_input_size=64, dropout=0.2,
         max_images=None, holdout=0.1, validation=0.1,
         batch_size=64, augment_ops=2, augment_magnitude=0.3, corrupt_p=(0.0, 0.2), clean_share=0.0,
-        focal_gamma=0.0, balance_classes=True, label_smoothing=0.1, weight_decay=0.05, ema_momentum=0.0,
+        focal_gamma=0.0, balance_classes=True, label_smoothing=0.1, weight_decay=0.05, ema_momentum=0.0, mix="none",
         epochs_head=18, lr_head=3e-3, plateau_patience=4,
         epochs_finetune=36, lr_finetune=1e-3, restart_epochs=None, unfreeze=1000,
         patience=8,
@@ -121,8 +121,9 @@ def focal_alpha(labels, balanced=True):
     return (len(labels) / (NUM_CLASSES * np.maximum(counts, 1))).tolist()
 
 
-def make_dataset(images, labels, batch_size, augment=None, seed=0):
-    """A tf.data pipeline of (float images in [0, 255], one-hot labels); augmented when training.
+def make_dataset(images, labels, batch_size, augment=None, seed=0, mix=None):
+    """A tf.data pipeline of (float images in [0, 255], one-hot labels); augmented when training,
+    then, given mix (one of MIXES), each batch's images and labels mixed.
 
     RandAugment runs here, on batches, never inside the saved network: keras-cv layers break in
     graph mode there and would alter inference.
@@ -133,6 +134,8 @@ def make_dataset(images, labels, batch_size, augment=None, seed=0):
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if mix is not None:
+        ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -245,6 +248,39 @@ def corrupt_like_a_test_set(x, p, clean_share=0.0):
         return x
     x = change_some(x, p, occlude)
     return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def mix_with_partners(x, y, keep_pixels, keep_label):
+    """Each image of the batch with another's pixels where keep_pixels < 1, its label weighed by keep_label."""
+    partner = tf.random.shuffle(tf.range(tf.shape(x)[0]))
+    keep_label = keep_label[:, None]
+    return (keep_pixels * x + (1 - keep_pixels) * tf.gather(x, partner),
+            keep_label * y + (1 - keep_label) * tf.gather(y, partner))
+
+
+def mixup(x, y, alpha=0.2):
+    """MixUp (Zhang et al. 2018): each image blended with another, by a share from Beta(alpha, alpha)."""
+    a, b = tf.random.gamma([tf.shape(x)[0]], alpha), tf.random.gamma([tf.shape(x)[0]], alpha)
+    keep = a / tf.maximum(a + b, 1e-30)  # a Beta draw; both gammas can underflow to 0
+    return mix_with_partners(x, y, keep[:, None, None, None], keep)
+
+
+def cutmix(x, y):
+    """CutMix (Yun et al. 2019): a square of each image, of a uniform share of the area and centred
+    anywhere, replaced by the same square of another image; the label mixed by the pixels each image
+    gives. Our own because keras-cv's CutMix labels the square's area before clipping it at the
+    edges: wrong by up to 0.6 near them."""
+    size = x.shape[1]
+    grid = tf.cast(tf.range(size), tf.float32)
+    side = tf.sqrt(tf.random.uniform([tf.shape(x)[0], 1])) * size
+    centre = tf.random.uniform([tf.shape(x)[0], 2], 0, size)
+    inside_y = tf.abs(grid[None, :] + 0.5 - centre[:, :1]) < side / 2
+    inside_x = tf.abs(grid[None, :] + 0.5 - centre[:, 1:]) < side / 2
+    pasted = tf.cast(inside_y[:, :, None] & inside_x[:, None, :], tf.float32)[..., None]
+    return mix_with_partners(x, y, 1 - pasted, 1 - tf.reduce_mean(pasted, axis=(1, 2, 3)))
+
+
+MIXES = {"none": None, "mixup": mixup, "cutmix": cutmix}  # the presets' and --mix's choices
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +551,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     clean_share = tf.Variable(clean_share_at(config, 0), trainable=False)  # phase 1 keeps the first
     def train_ds(phase):  # corrupt_p holds each phase's share of corrupted images
         augment = make_augment(config, seed, config["corrupt_p"][phase], clean_share)
-        return make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed)
+        return make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed, MIXES[config.get("mix", "none")])
     # Both phases' pipelines are traced now: TensorFlow reads a function's source from train.py when
     # it first traces it, and phase 2's corruptions, traced later, would read lines an edit had moved.
     train_sets = [train_ds(0) if state["phase"] == "head" else None, train_ds(1)]
@@ -643,6 +679,8 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay of the kernels (default: the preset's)")
     p.add_argument("--ema-momentum", type=float, help="keep a moving average of the weights with this momentum, and "
                                                       "validate and keep it; 0: none (default: the preset's)")
+    p.add_argument("--mix", choices=MIXES, help="mix each training batch's images and labels in pairs: "
+                                                "MixUp or CutMix (default: the preset's: none)")
     p.add_argument("--corrupt-p", type=float, help="phase 2: each corruption's share of the images (default: the preset's)")
     p.add_argument("--clean-share", type=float, nargs="+", metavar="SHARE",
                    help="share of the images spared the corruptions; two values: phase 2's first and last epoch's, "
@@ -680,7 +718,7 @@ def parse_args(argv=None):
     config = dict(PRESETS[args.preset])
     for key in ("backbone", "width", "input_size", "head_input_size", "backbone_weights", "unfreeze", "epochs_head",
                 "epochs_finetune", "batch_size", "lr_head", "focal_gamma", "balance_classes", "label_smoothing",
-                "weight_decay", "ema_momentum"):
+                "weight_decay", "ema_momentum", "mix"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.clean_share is not None:

@@ -149,11 +149,14 @@ def test_a_random_start_gives_batchnorm_statistics_that_keep_up(tmp_path):
     assert momenta(train.create_network({**config, "backbone_weights": str(path)})) == {0.999}  # pretrained: as built
 
 
-def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_path):
-    config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1}
+def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_path, monkeypatch):
+    config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1, "mix": "cutmix"}
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    mixes, make_dataset = [], train.make_dataset  # each pipeline's mix: both phases' train with CutMix
+    monkeypatch.setattr(train, "make_dataset", lambda *args: mixes.append(args[5:]) or make_dataset(*args))
     rows = train.train(config, learnable_npz, tmp_path, seed=5, keep_outliers=True, strategy=strategy)
     assert [r["phase"] for r in rows] == ["head", "finetune"]
+    assert mixes == [(train.cutmix,), (train.cutmix,), ()]  # validation unmixed
     assert (tmp_path / "weights.npz").is_file() and (tmp_path / "history.png").is_file()
     # the held-out images follow split_seed (default 0), not seed: several seeds make one ensemble
     images, labels = data.load_training_set(learnable_npz)
@@ -264,6 +267,24 @@ def test_a_falling_clean_share_reaches_the_pipeline_at_each_epochs_start():
     for epoch, expected in ((0, 1.0), (2, 0.5), (4, 0.0)):
         follow.on_epoch_begin(epoch)
         assert abs(spared(next(iter(dataset))[0].numpy(), images).mean() - expected) < 0.1
+
+
+def test_mixup_and_cutmix_weigh_each_label_by_the_pixels_its_image_gives():
+    x = np.zeros((512, 96, 96, 3), np.float32)
+    x[:256] = 255.0  # class 0 white, class 1 black: an image's white share is what it holds of class 0
+    y = tf.one_hot(np.repeat([0, 1], 256), train.NUM_CLASSES)
+    for mix in (train.mixup, train.cutmix):
+        images, labels = (t.numpy() for t in mix(tf.constant(x), y))
+        white = images.mean(axis=(1, 2, 3)) / 255
+        np.testing.assert_allclose(labels[:, 0], white, atol=1e-5)
+        np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+        assert 0.2 < np.mean((white > 0.01) & (white < 0.99)) < 0.8  # about half meet a partner of the other class
+    # CutMix pastes one box (a square, clipped at the edges): the partner's pixels fill their bounding box
+    images = train.cutmix(tf.constant(x), y)[0].numpy()[..., 0]
+    for i in np.nonzero((images.mean(axis=(1, 2)) > 1) & (images.mean(axis=(1, 2)) < 254))[0][:50]:
+        pasted = images[i] == (0 if i < 256 else 255)
+        rows, cols = np.nonzero(pasted)
+        assert pasted[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
 
 
 def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouched():
