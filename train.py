@@ -46,8 +46,8 @@ PRESETS = {
         epochs_finetune=30, lr_finetune=1e-5, restart_epochs=5, unfreeze=150,  # phase 2: top layers
         patience=5,
     ),
-    # a smoke run of about two minutes on 2 CPU cores: MobileNetV3Small (the cpu preset's network up
-    # to cpu35) from random weights (no download), trained whole in both phases, at 64 px, on a few
+    # a smoke run of about two minutes on 2 CPU cores: MobileNetV3Small (the cpu preset's network
+    # before cpu35) from random weights (no download), trained whole in both phases, at 64 px, on a few
     # hundred images
     "tiny": dict(
         backbone="MobileNetV3Small", width=1.0, backbone_weights="none", input_size=64, head_input_size=None, dropout=0.2,
