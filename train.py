@@ -70,9 +70,10 @@ PRESETS = {
     # gained more than B0's capacity (wider, at 128 px or given more epochs it scored no higher).
     # ResNet10, our dense ResNet-10 (model.py), scored level with MobileNetV3Small at its 18 + 36
     # epochs, but trains 1.8 times as fast on an Intel CPU with AVX-512, and there half as many
-    # epochs again (27 + 54, about 33 minutes) gained 2 points on the mixed set. On AMD CPUs
-    # without AVX-512 it trains at MobileNetV3Small's pace and these epochs take about 80 minutes:
-    # there `benchmark.py train-speed` says how many the hour holds (README, "For your own runs").
+    # epochs again (27 + 54, 36 minutes) gained 2 points on the mixed set. On AMD CPUs without
+    # AVX-512 it trains at MobileNetV3Small's pace, so these epochs would take about 80 minutes
+    # (estimated): there `benchmark.py train-speed` says how many the hour holds (README, "For
+    # your own runs").
     # The network underfits, so what let it fit more gained: cross-entropy instead of the focal
     # loss (focal_gamma 0: +0.9 to 1.4 points mixed, two seeds) and a peak rate of 3e-3 (+0.9 to 1.4
     # clean and +2.5 mixed over 1e-3); 4e-3 scored level. Label smoothing stays at 0.1 (none lost
