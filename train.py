@@ -70,10 +70,11 @@ PRESETS = {
     # gained more than B0's capacity (wider, at 128 px or given more epochs it scored no higher).
     # ResNet10, our dense ResNet-10 (model.py), scored level with MobileNetV3Small at its 18 + 36
     # epochs, but trains 1.8 times as fast on an Intel CPU with AVX-512, and there more epochs
-    # kept gaining: 27 + 54 (36 minutes) gained 2 points on the mixed set, 36 + 72 (44 minutes)
-    # 0.4 clean and 1.6 mixed more. On AMD CPUs without AVX-512 it trains at MobileNetV3Small's
-    # pace, so these epochs would take about 105 minutes (estimated): there `benchmark.py
-    # train-speed` says how many the hour holds (README, "For your own runs").
+    # kept gaining: 27 + 54 (36 minutes) gained 2 points on the mixed set, 36 + 72 (44 minutes,
+    # the median of three runs) about 0.5 clean and 1 mixed more. On AMD CPUs without AVX-512
+    # it trains at MobileNetV3Small's pace, so these epochs would take about 105 minutes
+    # (estimated): there `benchmark.py train-speed` says how many the hour holds (README, "For
+    # your own runs").
     # The network underfits, so what let it fit more gained: cross-entropy instead of the focal
     # loss (focal_gamma 0: +0.9 to 1.4 points mixed, two seeds) and a peak rate of 3e-3 (+0.9 to 1.4
     # clean and +2.5 mixed over 1e-3); 4e-3 scored level. Label smoothing stays at 0.1 (none lost
