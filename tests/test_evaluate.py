@@ -48,7 +48,7 @@ def evaluated(tmp_path_factory):
     (weights / "split.json").write_text(json.dumps(split))
     out = root / "reports"
     report = evaluate.main(["--data", str(data_path), "--weights", str(weights), "--out", str(out), "--limit", "8",
-                            "--corruptions", "gaussian_noise", "flip", "--severities", "1", "3"])
+                            "--corruptions", "gaussian_noise", "flip", "bubbles", "--severities", "1", "3"])
     return {"root": root, "data": data_path, "weights": weights, "split": split, "out": out, "report": report,
             "labels": labels, "held": held}
 
@@ -69,10 +69,13 @@ def test_report_accuracy_is_the_confusion_matrix_trace(evaluated):
 def test_report_holds_the_robustness_run_and_pictures(evaluated):
     r = json.loads((evaluated["out"] / "evaluation.json").read_text())["robustness"]
     assert r["images"] == 8 and r["severities"] == [1, 3]
-    assert set(r["corruptions"]) == {"gaussian_noise", "flip"}
-    accs = [r["corruptions"][n][str(s)] for n in r["corruptions"] for s in (1, 3)]
-    assert r["mean_accuracy"] == pytest.approx(np.mean(accs))
-    assert all(a * 8 == round(a * 8) for a in accs + [r["mixed_accuracy"], r["clean_accuracy"]])  # counts out of 8
+    assert set(r["corruptions"]) == {"gaussian_noise", "flip", "bubbles"}
+    assert r["seen_families"] == ["gaussian_noise", "flip"] and r["unseen_families"] == ["bubbles"]
+    seen = [r["corruptions"][n][str(s)] for n in ("gaussian_noise", "flip") for s in (1, 3)]
+    assert r["seen_mean"] == pytest.approx(np.mean(seen))
+    assert r["unseen_mean"] == pytest.approx(np.mean([r["corruptions"]["bubbles"][str(s)] for s in (1, 3)]))
+    counts = seen + [r["unseen_mean"] * 2, r["mixed_accuracy"], r["unseen_mixed_accuracy"], r["clean_accuracy"]]
+    assert all(a * 8 == round(a * 8) for a in counts)  # counts out of 8
     for name in ("confusion_matrix", "misclassified", "robustness_samples", "robustness"):
         assert (evaluated["out"] / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(evaluated["out"].glob("*.tmp"))  # every temp file was moved into place
@@ -98,8 +101,8 @@ def test_each_corruption_changes_images_and_keeps_shape_and_dtype(name, severity
     assert all(changed), f"{name} at severity {severity} left {changed.count(False)} images unchanged"
 
 
-# flips are lossless: their severities are different flips, not stronger ones
-@pytest.mark.parametrize("name", [n for n in evaluate.CORRUPTIONS if n != "flip"])
+# flips and channel swaps are lossless: their severities are different ones, not stronger ones
+@pytest.mark.parametrize("name", [n for n in evaluate.CORRUPTIONS if n not in ("flip", "channel_swap")])
 def test_stronger_severity_moves_images_further(name):
     images = cell_images(6, seed=2).astype(np.float32)
     distance = [np.abs(evaluate.corrupt(images.astype(np.uint8), name, s, seed=0) - images).mean()
@@ -119,13 +122,41 @@ def test_suite_is_deterministic_for_a_seed():
     assert not np.array_equal(evaluate.mixed(images, seed=7), evaluate.mixed(images, seed=8))
 
 
+def test_seen_and_unseen_families_split_the_suite():
+    assert set(evaluate.SEEN_NAMES) | set(evaluate.UNSEEN_NAMES) == set(evaluate.CORRUPTIONS)
+    assert not set(evaluate.SEEN_NAMES) & set(evaluate.UNSEEN_NAMES)
+    assert set(evaluate.MIXED_FROM) <= set(evaluate.CORRUPTIONS)
+
+
+def test_severities_make_the_same_random_choices():
+    # one seed, three severities: the same direction each time, only further (darker stays darker)
+    images = cell_images(8, seed=6)
+    darker = [evaluate.corrupt(images, "brightness", s, seed=3).astype(int).sum(axis=(1, 2, 3)) < images.astype(int).sum(axis=(1, 2, 3))
+              for s in evaluate.SEVERITIES]
+    assert 0 < darker[0].sum() < len(images)  # both directions occur...
+    assert all(np.array_equal(darker[0], d) for d in darker[1:])  # ...and each image keeps its own
+
+
+def test_stain_space_round_trip_is_the_identity():
+    # colour deconvolution and back, with the stains unchanged, gives the image again
+    images = cell_images(3, seed=7)
+    back = 255 * np.exp(-(evaluate._hed(images) @ evaluate._RGB_FROM_HED))
+    assert np.abs(back - images).max() < 0.5
+
+
+def test_unseen_mixed_draws_only_unseen_families():
+    recipes = evaluate.mixed_recipes(20, seed=1, names=evaluate.UNSEEN_NAMES)
+    assert {name for r in recipes for name, _, _ in r} <= set(evaluate.UNSEEN_NAMES)
+    assert recipes != evaluate.mixed_recipes(20, seed=1)  # a stream of its own
+
+
 def test_mixed_applies_several_corruptions():
     images = cell_images(12, seed=4)
     recipes = evaluate.mixed_recipes(len(images), seed=5)
     assert {len(r) for r in recipes} == {2, 3}
     for recipe in recipes:
         assert len({name for name, _, _ in recipe}) == len(recipe)  # different corruptions
-        assert all(name in evaluate.CORRUPTIONS and s in evaluate.SEVERITIES for name, s, _ in recipe)
+        assert all(name in evaluate.MIXED_FROM and s in evaluate.SEVERITIES for name, s, _ in recipe)
     out = evaluate.mixed(images, seed=5)
     assert out.shape == images.shape and out.dtype == np.uint8
     for image, result, recipe in zip(images, out, recipes):
