@@ -1,4 +1,4 @@
-# make train DATA=... PRESET=... ARGS="..."   then   make submission   then upload submission/submission.zip
+# make data (once), make train DATA=... PRESET=... ARGS="...", make submission, then upload submission/submission.zip
 PYTHON ?= python3
 PY := .venv/bin/python
 DATA ?= data/training_set.npz
@@ -9,8 +9,24 @@ ARGS ?=
 REPORTS ?= reports
 RESUME ?=
 OVERWRITE ?=
+SHARED_DATA ?= ../shared/data
 
-.PHONY: train submission check-submission evaluate outliers eda test clean
+.PHONY: help data train submission check-submission evaluate outliers eda test clean
+
+# The first target is what a bare `make` runs: the list of commands.
+help:
+	@echo "make data               build $(DATA) from the shared PBC images in $(SHARED_DATA)"
+	@echo "make train              train PRESET=$(PRESET) on DATA into WEIGHTS=$(WEIGHTS) (PRESET=cpu: a CPU, no download)"
+	@echo "make submission         zip model.py and the weights, check the zip as the scorer runs it, write $(SUBMISSION)"
+	@echo "make check-submission   check an existing $(SUBMISSION) the way the scorer runs it"
+	@echo "make evaluate           score the weights on their held-out images, clean and corrupted, into $(REPORTS)/"
+	@echo "make outliers           find the images that are not blood cells or are copies, into $(REPORTS)/"
+	@echo "make eda                pictures of the data (class counts, brightness, colour, samples) into $(REPORTS)/"
+	@echo "make test               the whole test suite (10 to 35 minutes on 2 CPU cores)"
+	@echo "make test-fast          the quick tests only"
+	@echo "make clean              delete submission/, $(REPORTS)/ and the test cache"
+	@echo "make help               this list"
+	@echo "Variables: DATA, PRESET, WEIGHTS, SUBMISSION, REPORTS, ARGS, RESUME=1, OVERWRITE=1 (see README.md)"
 
 # The virtual environment is rebuilt whenever requirements.txt is newer than it.
 .venv/installed: requirements.txt
@@ -18,6 +34,17 @@ OVERWRITE ?=
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
+
+# A file, so an existing one (the challenge's own, say) is never rebuilt over; written under a
+# temporary name first, so an interrupted build leaves nothing that looks finished.
+data: $(DATA)
+	@echo "$(DATA) is ready; next: make train (make train PRESET=cpu on a CPU or offline)"
+
+$(DATA): | .venv/installed
+	@test -f $(SHARED_DATA)/build_training_set.py || { echo "no $(SHARED_DATA)/build_training_set.py: put the challenge's training_set.npz at $(DATA) instead, or pass SHARED_DATA=folder"; exit 1; }
+	mkdir -p $(dir $(DATA))
+	$(PY) $(SHARED_DATA)/build_training_set.py $(DATA).tmp.npz
+	mv $(DATA).tmp.npz $(DATA)
 
 train: .venv/installed
 	$(PY) train.py --data $(DATA) --preset $(PRESET) --out $(WEIGHTS) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite) $(ARGS)

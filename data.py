@@ -12,8 +12,8 @@ from model import IMAGE_SIZE, NUM_CLASSES, write_atomically  # noqa: F401 (the t
 
 HOW_TO_GET_IT = (
     "Put the challenge's training_set.npz (from its Codabench page) at data/training_set.npz or pass "
-    "DATA=path (--data path), or build one from the shared PBC images: "
-    "python ../shared/data/build_training_set.py data/training_set.npz"
+    "DATA=path (--data path), or build it from the shared PBC images with `make data` "
+    "(DATA=path to build it there; it runs ../shared/data/build_training_set.py with the project's .venv)"
 )
 EXPECTED = f"'images' uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) RGB in [0, 255] and 'labels' (N, 1) or (N,) in 0..{NUM_CLASSES - 1}"
 

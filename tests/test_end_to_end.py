@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+import data
 import model
 import submission
 from conftest import ROOT, learnable_images
@@ -21,6 +22,24 @@ def make(*args):
     run = subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return run.stdout
+
+
+def test_a_fresh_clone_is_told_how_to_get_the_data_and_make_data_builds_it(tmp_path):
+    with pytest.raises(data.DataError, match="`make data`"):
+        data.load_training_set(tmp_path / "absent.npz")
+    target = tmp_path / "new" / "set.npz"
+    plan = make("-n", "data", f"DATA={target}")  # -n: print the commands, run none
+    assert f"mkdir -p {target.parent}/" in plan  # the folder is made first
+    build = f".venv/bin/python ../shared/data/build_training_set.py {target}.tmp.npz"  # the project's python
+    assert build in plan and plan.index(build) > plan.index("pip install")  # after .venv is ready
+    assert f"mv {target}.tmp.npz {target}" in plan  # a finished file or none
+
+
+def test_make_alone_lists_every_command_one_line_each():
+    listed = [line.split()[1] for line in make("help").splitlines() if line.startswith("make ")]
+    phony = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
+    assert sorted(listed) == sorted(phony.split()[1:])
+    assert 'echo "make help' in make("-n")  # the default target; -n, so nothing is installed
 
 
 def score_unpacked(zip_path, images, folder):
