@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from model import IMAGE_SIZE, NUM_CLASSES, write_atomically  # noqa: F401 (the tools take it from here)
+from model import IMAGE_SIZE, NUM_CLASSES, as_images, write_atomically  # noqa: F401 (the tools take it from here)
 
 HOW_TO_GET_IT = (
     "Put the challenge's training_set.npz (from its Codabench page) at data/training_set.npz or pass "
@@ -49,7 +49,11 @@ def load_or_exit(path):
 
 
 def validate(images, labels, where="the data"):
-    """Check shapes, dtypes and ranges; return (uint8 images, int64 labels) or raise DataError."""
+    """Check shapes, dtypes and ranges; return (uint8 images, int64 labels) or raise DataError.
+
+    Images of other number types are converted the way model.predict converts them (floats in
+    [0, 1] scaled to [0, 255]), with a note; NaN and infinities are refused.
+    """
     if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise DataError(f"{where}: 'images' has shape {images.shape}; expected {EXPECTED}")
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -72,9 +76,12 @@ def validate(images, labels, where="the data"):
             raise DataError(f"{where}: 'images' has dtype {images.dtype}; expected uint8")
         if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
             raise DataError(f"{where}: 'images' holds NaN or infinite values; expected uint8 pixels in [0, 255]")
-        if images.min() < 0 or images.max() > 255:
-            raise DataError(f"{where}: 'images' has values in [{images.min()}, {images.max()}]; expected uint8 in [0, 255]")
-        images = np.round(images).astype(np.uint8)
+        # model.predict's rule, so that training, evaluation and the scorer see the same pixels
+        low, high = images.min(), images.max()
+        x = as_images(images)
+        print(f"note: {where}: 'images' are {images.dtype} in [{low:g}, {high:g}], not uint8; converted as model.predict "
+              "converts them: floats all at most 1 times 255, then clipped to [0, 255] and rounded")
+        images = np.rint(x, out=x).astype(np.uint8)
     return images, labels.astype(np.int64)
 
 

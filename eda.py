@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
-from data import load_or_exit, save_figure  # noqa: E402
+from data import DataError, load_or_exit, save_figure  # noqa: E402
 from model import CLASS_NAMES  # noqa: E402
 from outliers import find_outliers  # noqa: E402
 
@@ -131,7 +131,10 @@ def main():
     images, labels = load_or_exit(args.data)
     os.makedirs(args.out, exist_ok=True)
 
-    result = find_outliers(images, labels)
+    try:
+        result = find_outliers(images, labels)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
     dropped = set(result["outliers"]) | set(result["duplicates"])
     kept = np.array([i for i in range(len(labels)) if i not in dropped], dtype=np.int64)
     print(f"{len(labels):,} images, {len(dropped):,} dropped by find_outliers, {len(kept):,} kept")

@@ -42,6 +42,7 @@ FAR_OUT = 7.0          # interquartile ranges beyond the median: genuine cells r
 THUMB = 24             # thumbnail side for comparing near copies (averaging removes noise and JPEG blocks)
 WORK = 48              # side at which colours are measured (halves the work, keeps the stain's colours)
 BINS = 8               # bins per channel of the white-balanced colour histogram
+MOST_OF_A_CLASS = 0.5  # cleaning may drop at most this share of a class; the real set's worst class loses 26%
 
 # reason strings: these are also the keys of "counts"
 MASS_SEVERAL = "mass copy under several labels"
@@ -51,6 +52,17 @@ NOT_CELL = ("not a cell: no colour (grey picture)",
             "not a cell: colours no stain makes",
             "not a cell: near-black pixels")
 DUPLICATE = "duplicate of a kept cell"
+# what usually makes a file lose most of a class for each reason
+PASTED = "many images are one picture: blank or constant images (floats in [0, 1] rounded to integers turn black)?"
+LIKELY_CAUSE = {
+    MASS_SEVERAL: PASTED,
+    MASS_ONE: PASTED,
+    CONFLICT: "the same pictures appear under other labels: labels out of step with the images?",
+    NOT_CELL[0]: "the images have no colour: grayscale pictures copied to three channels?",
+    NOT_CELL[1]: "the colours are not a stain's: channels in another order (BGR), another colour space, or not blood-cell smears?",
+    NOT_CELL[2]: "the images are dark: pixel values on another scale than 0-255, or inverted?",
+    DUPLICATE: "the class is a few pictures repeated: the file holds its images more than once?",
+}
 
 
 def block_mean(images, side, chunk=1024):
@@ -220,6 +232,7 @@ def analyse(images, labels):
             continue
         for i in members:
             reasons[int(i)] = why
+    refuse_most_of_a_class(reasons, labels)
     outliers = sorted(i for i, r in reasons.items() if r != DUPLICATE)
     duplicates = sorted(i for i, r in reasons.items() if r == DUPLICATE)
     counts = {}
@@ -231,13 +244,38 @@ def analyse(images, labels):
     return result, group, measured
 
 
+def refuse_most_of_a_class(reasons, labels):
+    """Raise data.DataError when the reasons would drop more than MOST_OF_A_CLASS of any class.
+
+    Outliers are a minority of a real set: when most of a class looks wrong, the file is wrong
+    (its scale, channels or labels), and cleaning it would hide that behind an empty class.
+    """
+    classes, sizes = np.unique(labels, return_counts=True)
+    flagged = labels[np.array(list(reasons), dtype=np.int64)]
+    dropped = np.array([(flagged == c).sum() for c in classes])
+    over = dropped > MOST_OF_A_CLASS * sizes
+    if not over.any():
+        return
+    worst = np.argmax(dropped / sizes)
+    why = [r for i, r in reasons.items() if labels[i] == classes[worst]]
+    found = {r: why.count(r) for r in sorted(set(why), key=why.count, reverse=True)}
+    from data import DataError  # a bad file's error, which every command reports plainly
+    raise DataError(
+        f"the data looks wrong: cleaning would drop more than half of {over.sum()} of the {len(classes)} classes, "
+        f"{dropped[worst]} of the {sizes[worst]} images of class {classes[worst]} "
+        f"({'; '.join(f'{n} {r}' for r, n in found.items())}). Likely cause: {LIKELY_CAUSE[next(iter(found))]} "
+        "Look at the images (make eda) and fix the file; training with --keep-outliers (make train "
+        "ARGS=--keep-outliers) uses it as it is")
+
+
 def find_outliers(images, labels):
     """Indices to drop before training, and why.
 
     images: uint8 (n, H, W, 3) RGB, H and W multiples of 48; labels: (n,) or (n, 1) integers.
     Returns {"outliers": [...], "duplicates": [...], "reasons": {index: reason}, "counts": {reason: n}}:
     outliers are not cells, mass copies, copies with conflicting labels (and all their near copies);
-    duplicates are the extra copies of a genuine cell (its first copy is kept).
+    duplicates are the extra copies of a genuine cell (its first copy is kept). Raises
+    data.DataError, saying what it found, when that would drop more than half of any class.
     """
     return analyse(images, labels)[0]
 
@@ -296,12 +334,15 @@ def main():
     parser.add_argument("--out", default="reports", help="folder for outliers.json and outliers.png")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
-    from data import load_or_exit, write_atomically
+    from data import DataError, load_or_exit, write_atomically
     from model import CLASS_NAMES
     images, labels = load_or_exit(args.data)
 
     start = time.time()
-    result, group, measured = analyse(images, labels)
+    try:
+        result, group, measured = analyse(images, labels)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
     seconds = time.time() - start
     dropped = set(result["outliers"]) | set(result["duplicates"])
     kept = np.array([i for i in range(len(labels)) if i not in dropped], dtype=np.int64)
