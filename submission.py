@@ -51,15 +51,21 @@ class BundleError(Exception):
 
 
 def check_images(data_path, weights_dir, n):
-    """Up to n held-out images and labels when the data and split are at hand, else noise images."""
+    """Up to n held-out images and labels when the data and split are at hand, else noise images
+    (and a note saying why: a check on noise proves the bundle loads, not that it is accurate)."""
     split_path = Path(weights_dir) / "split.json"
-    if data_path and Path(data_path).is_file() and split_path.is_file():
+    if not Path(data_path).is_file():
+        why = f"no training file at {data_path} (DATA=path names it)"
+    elif not split_path.is_file():
+        why = f"no {split_path} (WEIGHTS= names the folder train.py wrote)"
+    else:
         images, labels = data.load_training_set(data_path)
         split = json.loads(split_path.read_text())
         if split["fingerprint"] == data.fingerprint(images, labels):
             held = np.array(split["holdout"][:n], dtype=np.int64)
             return images[held], labels[held]
-        print(f"note: {split_path} belongs to other data than {data_path}; checking on noise images")
+        why = f"{split_path} belongs to other data than {data_path}"
+    print(f"note: {why}; checking on noise images only, so no held-out accuracy")
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(min(n, 16), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8), None
 
@@ -127,11 +133,10 @@ def build_bundle(weights_dirs, out, images, labels=None):
 
 
 def describe(report):
-    text = (f"loaded in {report['load_seconds']:.1f} s, predicted {report['images']} images in "
-            f"{report['predict_seconds']:.1f} s")
-    if "accuracy" in report:
-        text += f", held-out accuracy {report['accuracy']:.4f}"
-    return text
+    held_out = "accuracy" in report
+    text = (f"loaded in {report['load_seconds']:.1f} s, predicted {report['images']} "
+            f"{'held-out' if held_out else 'noise'} images in {report['predict_seconds']:.1f} s")
+    return text + (f", held-out accuracy {report['accuracy']:.4f}" if held_out else " (no accuracy: noise only)")
 
 
 def main():
@@ -143,6 +148,9 @@ def main():
     p.add_argument("--check", metavar="ZIP", help="only check an existing zip")
     p.add_argument("--images", type=int, default=64, help="held-out images to predict in the check")
     args = p.parse_args()
+    if args.check and not Path(args.check).is_file():
+        sys.exit(f"submission check failed: no zip at {args.check}: run make submission first "
+                 "(or SUBMISSION=path for another zip)")
     images, labels = check_images(args.data, args.weights[0], args.images)
     try:
         if args.check:

@@ -109,6 +109,28 @@ def test_check_reports_the_scorers_traceback(tmp_path):
         submission.check_bundle(broken, learnable_images(2)[0])
 
 
+def run_submission(monkeypatch, *args):
+    """submission.py's command line, run in this process."""
+    monkeypatch.setattr(sys, "argv", ["submission.py", *map(str, args)])
+    submission.main()
+
+
+def test_a_check_without_the_training_file_says_it_ran_on_noise_only(tmp_path, monkeypatch, capsys):
+    bundle = tmp_path / "submission.zip"
+    with zipfile.ZipFile(bundle, "w") as z:  # a model.py without TensorFlow, to keep the scorer's process quick
+        z.writestr("model.py", "import numpy as np\nclass Model:\n    def predict(self, X):\n"
+                               "        return np.zeros(len(X), np.int64)\n")
+    run_submission(monkeypatch, "--check", bundle, "--weights", tmp_path, "--data", tmp_path / "typo.npz")
+    out = capsys.readouterr().out
+    assert f"no training file at {tmp_path / 'typo.npz'}" in out
+    assert "noise images only" in out and "OK" in out and "no accuracy: noise only" in out
+
+
+def test_checking_a_zip_that_is_not_there_says_make_submission_first(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="no zip at .*run make submission first"):
+        run_submission(monkeypatch, "--check", tmp_path / "submission.zip")
+
+
 def test_tiny_training_on_real_images(real_npz, tmp_path):
     zip_path, holdout, weights = train_and_bundle(real_npz, tmp_path)
     split = json.loads((weights / "split.json").read_text())
