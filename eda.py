@@ -5,7 +5,7 @@
 writes four PNGs into reports/ (never commit them: they are made from the training images):
   eda_class_counts.png  images per class, before and after outliers.find_outliers() cleans the set
   eda_brightness.png    per class: brightness of pixels, and of whole images (mean of each image)
-  eda_colour.png        per class: red, green and blue pixel histograms
+  eda_colour.png        per class: hue and saturation of the cell pixels (background excluded), cell area
   eda_samples.png       random images of each class (after cleaning)
 Brightness, colour and samples describe the cleaned set: the outliers would drown the cells.
 """
@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import hsv_to_rgb  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
 from data import DataError, load_or_exit, save_figure  # noqa: E402
@@ -24,6 +25,10 @@ from model import CLASS_NAMES  # noqa: E402
 from outliers import find_outliers  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 brightness from RGB
+DARKER = 0.8  # a cell pixel is darker than this share of its image's background (the slide's bright, pale light)
+HUE_EDGES = np.arange(200, 561, 4)  # degrees, once round from blue, so the stain's hues (blue to orange) sit together
+HUE_SHOWN = (200, 420)  # blue round to yellow (360 is red): the stain makes no greens or cyans
+SATURATION_EDGES = np.linspace(0, 1, 51)
 COLOURS = plt.get_cmap("tab10").colors  # one colour per class, the same in every figure
 
 
@@ -56,18 +61,51 @@ def class_counts(labels, kept, class_names, counts):
 
 
 def pixel_histograms(images, labels, num_classes, chunk=1024):
-    """Per class: 256-bin histograms of brightness and of R, G, B (n_classes, 4, 256), and each image's mean brightness."""
-    hist = np.zeros((num_classes, 4, 256), np.int64)
+    """Per class: a 256-bin histogram of pixel brightness (n_classes, 256), and each image's mean brightness."""
+    hist = np.zeros((num_classes, 256), np.int64)
     means = np.empty(len(images), np.float32)
     for start in range(0, len(images), chunk):
         x, y = images[start:start + chunk], labels[start:start + chunk]
         luma = np.rint(x @ LUMA).astype(np.int64)  # (n, 96, 96), in chunks to keep memory small
         means[start:start + chunk] = luma.mean((1, 2))
         for c in np.unique(y):
-            hist[c, 0] += np.bincount(luma[y == c].ravel(), minlength=256)
-            for ch in range(3):
-                hist[c, 1 + ch] += np.bincount(x[y == c][..., ch].ravel(), minlength=256)
+            hist[c] += np.bincount(luma[y == c].ravel(), minlength=256)
     return hist, means
+
+
+def cell_colours(images, labels, num_classes, chunk=1024):
+    """Per class: histograms of the hue (degrees, HUE_EDGES) and saturation (SATURATION_EDGES) of
+    the cell pixels, and each image's share of cell pixels.
+
+    The background is the light through the empty slide, the brightest part of every image: a
+    pixel belongs to a cell (the white cell, red cells or platelets) when its value (HSV: its
+    largest channel) is below DARKER times its image's background value (the 90th percentile).
+    """
+    hue_bins, saturation_bins = len(HUE_EDGES) - 1, len(SATURATION_EDGES) - 1
+    hue = np.zeros((num_classes, hue_bins), np.int64)
+    saturation = np.zeros((num_classes, saturation_bins), np.int64)
+    share = np.empty(len(images), np.float32)
+    for start in range(0, len(images), chunk):
+        # every fourth pixel: the same shares at a quarter of the work
+        x = images[start:start + chunk, ::2, ::2]
+        x = x.reshape(len(x), -1, 3).astype(np.float32)
+        value = x.max(-1)
+        k = int(0.9 * value.shape[1])
+        cell = value < DARKER * np.partition(value, k, axis=1)[:, k:k + 1]
+        share[start:start + chunk] = cell.mean(1)
+        # HSV of the cell pixels only (matplotlib's rgb_to_hsv gives the same, three times slower)
+        pixels, top = x[cell], value[cell]
+        r, g, b = pixels.T
+        spread = np.maximum(top - pixels.min(-1), 1e-6)
+        degrees = 60 * np.select([top == r, top == g], [(g - b) / spread, (b - r) / spread + 2], (r - g) / spread + 4)
+        degrees = (degrees - HUE_EDGES[0]) % 360 + HUE_EDGES[0]
+        # one bincount over (class, bin) pairs per chunk, not a histogram per class
+        y = np.broadcast_to(labels[start:start + chunk, None], cell.shape)[cell]
+        where = np.minimum(np.digitize(degrees, HUE_EDGES) - 1, hue_bins - 1)
+        hue += np.bincount(y * hue_bins + where, minlength=num_classes * hue_bins).reshape(num_classes, -1)
+        where = np.minimum(np.digitize(spread / np.maximum(top, 1), SATURATION_EDGES) - 1, saturation_bins - 1)
+        saturation += np.bincount(y * saturation_bins + where, minlength=num_classes * saturation_bins).reshape(num_classes, -1)
+    return hue, saturation, share
 
 
 def brightness(hist, means, labels, class_names):
@@ -75,31 +113,49 @@ def brightness(hist, means, labels, class_names):
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     levels = np.arange(256)
     for c, name in enumerate(class_names):
-        left.plot(levels, hist[c, 0] / max(hist[c, 0].sum(), 1), color=COLOURS[c], lw=1.2, label=name)
+        left.plot(levels, hist[c] / max(hist[c].sum(), 1), color=COLOURS[c], lw=1.2, label=name)
         right.hist(means[labels == c], bins=np.linspace(0, 255, 86), density=True, histtype="step",
                    color=COLOURS[c], lw=1.2, label=name)
     left.set(title="Pixel brightness per class (after cleaning)", xlabel="brightness (0-255)",
              ylabel="share of pixels (log scale)", xlim=(0, 255), yscale="log", ylim=(1e-4, 0.2))  # log: the cells are a minority of pixels
     right.set(title="Image brightness per class (mean of each image)", xlabel="mean brightness (0-255)", ylabel="density", xlim=(0, 255))
     left.legend(fontsize=8)
+    right.legend(fontsize=8)
     return fig
 
 
-def colour(hist, class_names):
-    """A grid of small panels, one per class: the red, green and blue pixel histograms."""
-    fig, axes = plt.subplots(2, 4, figsize=(14, 6), sharex=True, sharey=True)
-    levels = np.arange(256)
-    for c, (ax, name) in enumerate(zip(axes.ravel(), class_names)):
-        for ch, col in enumerate(("#d62728", "#2ca02c", "#1f77b4")):
-            ax.plot(levels, hist[c, 1 + ch] / max(hist[c, 1 + ch].sum(), 1), color=col, lw=1.1)
-        ax.set_title(f"{c} {name}", fontsize=10)
-        ax.set_xlim(0, 255)
-    for ax in axes[1]:
-        ax.set_xlabel("value (0-255)")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("share of pixels")
-    fig.legend(["red", "green", "blue"], loc="upper right", ncol=3)
-    fig.suptitle("Colour histograms per class (after cleaning; red often saturates at 255)")
+def colour(hue, saturation, share, labels, class_names):
+    """Three panels, a line per class: the hue and the saturation of the cell pixels, and how much
+    of each image the cells cover. A strip under the hue axis shows each hue's colour."""
+    fig = plt.figure(figsize=(17, 5))
+    grid = fig.add_gridspec(2, 3, height_ratios=(14, 1), hspace=0.05)
+    left, middle, right = (fig.add_subplot(grid[0, k]) for k in range(3))
+    strip = fig.add_subplot(grid[1, 0], sharex=left)
+    centres = (HUE_EDGES[:-1] + HUE_EDGES[1:]) / 2
+    for c, name in enumerate(class_names):
+        left.plot(centres, hue[c] / max(hue[c].sum(), 1), color=COLOURS[c], lw=1.2, label=name)
+        middle.plot((SATURATION_EDGES[:-1] + SATURATION_EDGES[1:]) / 2, saturation[c] / max(saturation[c].sum(), 1),
+                    color=COLOURS[c], lw=1.2, label=name)
+        right.hist(100 * share[labels == c], bins=np.linspace(0, 100, 51), density=True, histtype="step",
+                   color=COLOURS[c], lw=1.2, label=name)
+    left.set(title="Hue of the cell pixels", ylabel=f"share of cell pixels (per {HUE_EDGES[1] - HUE_EDGES[0]} degrees)")
+    left.tick_params(labelbottom=False)
+    shown = (centres % 360) / 360
+    strip.imshow(hsv_to_rgb(np.stack([shown, np.full_like(shown, 0.6), np.full_like(shown, 0.9)], -1))[None],
+                 extent=(HUE_EDGES[0], HUE_EDGES[-1], 0, 1), aspect="auto")
+    strip.set(xlim=HUE_SHOWN, yticks=[])  # after imshow, which would widen the shared axis to its extent
+    ticks = range(210, 421, 30)
+    strip.set_xticks(ticks, [f"{t % 360}" for t in ticks])
+    strip.set_xlabel("hue (degrees: 240 blue, 280 purple, 330 pink, 0 red, 30 orange)")
+    middle.set(title="Saturation of the cell pixels", xlabel="saturation (0 grey, 1 pure colour)",
+               ylabel=f"share of cell pixels (per {SATURATION_EDGES[1]:.2f})", xlim=(0, 1))
+    right.set(title="Share of each image covered by cells", xlabel="cell pixels (% of the image)", ylabel="density",
+              xlim=(0, 100))
+    for ax in (left, middle, right):
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.4)  # head room: the legend stays clear of the peaks
+        ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(f"Colour of the cells per class (after cleaning; background excluded: pixels brighter than "
+                 f"{DARKER:.0%} of their image's background)")
     return fig
 
 
@@ -143,7 +199,8 @@ def main():
     clean_images, clean_labels = images[kept], labels[kept]
     hist, means = pixel_histograms(clean_images, clean_labels, len(CLASS_NAMES))
     save(brightness(hist, means, clean_labels, CLASS_NAMES), os.path.join(args.out, "eda_brightness.png"))
-    save(colour(hist, CLASS_NAMES), os.path.join(args.out, "eda_colour.png"))
+    hue, saturation, share = cell_colours(clean_images, clean_labels, len(CLASS_NAMES))
+    save(colour(hue, saturation, share, clean_labels, CLASS_NAMES), os.path.join(args.out, "eda_colour.png"))
     save(samples(clean_images, clean_labels, CLASS_NAMES), os.path.join(args.out, "eda_samples.png"))
 
 
