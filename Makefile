@@ -16,14 +16,14 @@ SHARED_DATA ?= ../shared/data
 # The first target is what a bare `make` runs: the list of commands.
 help:
 	@echo "make data               build $(DATA) from the shared PBC images in $(SHARED_DATA)"
-	@echo "make train              train PRESET=$(PRESET) on DATA into WEIGHTS=$(WEIGHTS) (PRESET=cpu: a CPU, no download)"
+	@echo "make train              train PRESET=$(PRESET) into $(WEIGHTS)/; PRESET=cpu on a CPU or offline (about 45 minutes)"
 	@echo "make submission         zip model.py and the weights, check the zip as the scorer runs it, write $(SUBMISSION)"
 	@echo "make check-submission   check an existing $(SUBMISSION) the way the scorer runs it"
 	@echo "make evaluate           score the weights on their held-out images, clean and corrupted, into $(REPORTS)/"
 	@echo "make outliers           find the images that are not blood cells or are copies, into $(REPORTS)/"
 	@echo "make eda                pictures of the data (class counts, brightness, colour, samples) into $(REPORTS)/"
-	@echo "make test               the whole test suite (10 to 35 minutes on 2 CPU cores)"
-	@echo "make test-fast          the quick tests only"
+	@echo "make test               the whole test suite (10 to 35 minutes on 2 cores)"
+	@echo "make test-fast          the tests that need no training (about 2 minutes)"
 	@echo "make clean              delete submission/, $(REPORTS)/ and the test cache"
 	@echo "make help               this list"
 	@echo "Variables: DATA, PRESET, WEIGHTS, SUBMISSION, REPORTS, ARGS, RESUME=1, OVERWRITE=1 (see README.md)"
