@@ -11,9 +11,8 @@ RESUME ?=
 OVERWRITE ?=
 SHARED_DATA ?= ../shared/data
 
-.PHONY: help data train submission check-submission evaluate outliers eda test clean
-
 # The first target is what a bare `make` runs: the list of commands.
+.PHONY: help
 help:
 	@echo "make data               build $(DATA) from the shared PBC images in $(SHARED_DATA)"
 	@echo "make train              train PRESET=$(PRESET) into $(WEIGHTS)/; PRESET=cpu on a CPU or offline (about 45 minutes)"
@@ -28,6 +27,8 @@ help:
 	@echo "make help               this list"
 	@echo "Variables: DATA, PRESET, WEIGHTS, SUBMISSION, REPORTS, ARGS, RESUME=1, OVERWRITE=1 (see README.md)"
 
+.PHONY: train submission check-submission evaluate outliers eda test clean
+
 # The virtual environment is rebuilt whenever requirements.txt is newer than it.
 .venv/installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv .venv
@@ -35,11 +36,12 @@ help:
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# A file, so an existing one (the challenge's own, say) is never rebuilt over; written under a
-# temporary name first, so an interrupted build leaves nothing that looks finished.
+.PHONY: data
 data: $(DATA)
 	@echo "$(DATA) is ready; next: make train (make train PRESET=cpu on a CPU or offline)"
 
+# A file, so an existing one (the challenge's own, say) is never rebuilt over; written under a
+# temporary name first, so an interrupted build leaves nothing that looks finished.
 $(DATA): | .venv/installed
 	@test -f $(SHARED_DATA)/build_training_set.py || { echo "no $(SHARED_DATA)/build_training_set.py: put the challenge's training_set.npz at $(DATA) instead, or pass SHARED_DATA=folder"; exit 1; }
 	mkdir -p $(dir $(DATA))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from model import IMAGE_SIZE, NUM_CLASSES, as_images, write_atomically  # noqa: F401 (the tools take it from here)
+from model import IMAGE_SIZE, NUM_CLASSES, write_atomically  # noqa: F401 (the tools take it from here)
 
 HOW_TO_GET_IT = (
     "Put the challenge's training_set.npz (from its Codabench page) at data/training_set.npz or pass "
@@ -76,7 +76,7 @@ def validate(images, labels, where="the data"):
             raise DataError(f"{where}: 'images' has dtype {images.dtype}; expected uint8")
         if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
             raise DataError(f"{where}: 'images' holds NaN or infinite values; expected uint8 pixels in [0, 255]")
-        # model.predict's rule, so that training, evaluation and the scorer see the same pixels
+        from model import as_images  # model.predict's rule: training, evaluation and the scorer see the same pixels
         low, high = images.min(), images.max()
         x = as_images(images)
         print(f"note: {where}: 'images' are {images.dtype} in [{low:g}, {high:g}], not uint8; converted as model.predict "
