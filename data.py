@@ -3,6 +3,7 @@
 Light on purpose (numpy and scikit-learn only) so every tool can import it quickly.
 """
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,11 @@ def fingerprint(images, labels):
     h = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
     h.update(np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes())
     return f"{len(labels)}-{h.hexdigest()[:16]}"
+
+
+def write_json(path, obj, indent=None):
+    """obj as JSON, written atomically."""
+    write_atomically(path, lambda f: f.write((json.dumps(obj, indent=indent) + "\n").encode()))
 
 
 def save_figure(fig, path, dpi=110):

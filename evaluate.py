@@ -654,7 +654,7 @@ def main(argv=None):
 
     seconds["total"] = round(time.time() - started, 1)
     report["seconds"] = seconds
-    data.write_atomically(out / "evaluation.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
+    data.write_json(out / "evaluation.json", report, indent=2)
     print()
     print(format_table(report))
     print(f"\nwrote {out}/evaluation.json and pictures in {seconds['total']:.0f} s")

@@ -27,7 +27,6 @@ Two passes, both cheap (about 15-25 seconds for 15,500 images on 2 busy cores):
 import argparse
 import hashlib
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -334,7 +333,7 @@ def main():
     parser.add_argument("--out", default="reports", help="folder for outliers.json and outliers.png")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
-    from data import DataError, load_or_exit, write_atomically
+    from data import DataError, load_or_exit, write_atomically, write_json
     from model import CLASS_NAMES
     images, labels = load_or_exit(args.data)
 
@@ -367,7 +366,7 @@ def main():
         "settings": {"MASS_COPIES": MASS_COPIES, "PHASH_CANDIDATE": PHASH_CANDIDATE,
                      "NEAR_COPY_RMS": NEAR_COPY_RMS, "GREY_CHROMA": GREY_CHROMA, "FAR_OUT": FAR_OUT},
     }
-    write_atomically(out / "outliers.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
+    write_json(out / "outliers.json", report, indent=1)
     sheet = contact_sheet(images, labels, result, group, CLASS_NAMES, misses + greyest)
     write_atomically(out / "outliers.png", lambda f: f.write(sheet))
     print(f"{len(labels)} images, {len(result['outliers'])} outliers, {len(result['duplicates'])} duplicates, "
