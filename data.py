@@ -4,12 +4,38 @@ Light on purpose (numpy and scikit-learn only) so every tool can import it quick
 """
 import hashlib
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from model import IMAGE_SIZE, NUM_CLASSES, write_atomically  # noqa: F401 (the tools take it from here)
+
+def without_cuda_plugin_noise(action):
+    """Run action() with the "Unable to register cuFFT/cuDNN/cuBLAS factory" lines taken out of
+    stderr: TensorFlow's CUDA plugins print them at import on any machine, errors in name only
+    (tensorflow/tensorflow#62075), and only TF_CPP_MIN_LOG_LEVEL=3 would silence them, with every
+    real error. Every other line goes through."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            return action()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if "Attempting to register factory for plugin" not in line:
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+without_cuda_plugin_noise(lambda: __import__("tensorflow"))  # every tool imports this file before TensorFlow
+from model import IMAGE_SIZE, NUM_CLASSES, write_atomically  # noqa: E402 F401 (the tools take it from here)
 
 HOW_TO_GET_IT = (
     "Put the challenge's training_set.npz (from its Codabench page) at data/training_set.npz or pass "

@@ -1,5 +1,8 @@
 """The recipe's parts: focal loss, freezing, the held-out split, backbone weights, the strategy."""
 import json
+import os
+import subprocess
+import sys
 from itertools import pairwise
 
 import numpy as np
@@ -10,7 +13,7 @@ import tensorflow as tf
 import data
 import model
 import train
-from conftest import learnable_images
+from conftest import ROOT, learnable_images
 
 
 def test_focal_loss_matches_a_hand_computation():
@@ -320,3 +323,15 @@ def test_schedules_warm_up_for_one_epoch_then_decay_or_restart():
     top = train.PRESETS["seed"]["lr_finetune"]
     assert float(restarts(0)) == pytest.approx(top) and float(restarts(5 * steps - 1)) < top / 10
     assert float(restarts(5 * steps)) == pytest.approx(top)
+
+
+def test_importing_tensorflow_drops_the_cuda_plugin_lines():
+    run = subprocess.run([sys.executable, "-c", "import data"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "Unable to register" not in run.stderr
+
+
+def test_the_cuda_plugin_filter_lets_every_other_line_through(capfd):
+    noise = (b"E0000 cuda_dnn.cc:8454] Unable to register cuDNN factory: Attempting to register factory for plugin "
+             b"cuDNN when one has already been registered\n")
+    assert data.without_cuda_plugin_noise(lambda: os.write(2, b"a real error\n" + noise + b"another\n") and 7) == 7
+    assert capfd.readouterr().err == "a real error\nanother\n"
