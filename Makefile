@@ -27,7 +27,7 @@ help:
 	@echo "make help               this list"
 	@echo "Variables: DATA, PRESET, WEIGHTS, SUBMISSION, REPORTS, ARGS, RESUME=1, OVERWRITE=1 (see README.md)"
 
-.PHONY: train submission check-submission evaluate outliers eda test clean
+.PHONY: train submission check-submission evaluate outliers eda test test-fast clean
 
 # The virtual environment is rebuilt whenever requirements.txt is newer than it.
 .venv/installed: requirements.txt
@@ -69,6 +69,10 @@ eda: .venv/installed
 # --durations: the ten slowest tests are listed at the end, to keep CI well inside its limit
 test: .venv/installed
 	$(PY) -m pytest -q --durations=10 tests
+
+# the tests that train nothing for long (a couple of minutes): those marked slow are left out
+test-fast: .venv/installed
+	$(PY) -m pytest -q --durations=5 -m "not slow" tests
 
 clean:
 	rm -rf submission reports .pytest_cache

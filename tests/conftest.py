@@ -54,3 +54,8 @@ def real_npz(tmp_path_factory):
     path = tmp_path_factory.mktemp("real") / "training_set.npz"
     subprocess.run([sys.executable, str(SHARED_DATA), str(path)], check=True, capture_output=True)
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a network or runs a command end to end (minutes); "
+                                       "make test-fast leaves these out")

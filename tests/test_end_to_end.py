@@ -70,6 +70,7 @@ def train_and_bundle(data_path, tmp_path):
     return zip_path, np.array(split["holdout"]), weights
 
 
+@pytest.mark.slow
 def test_tiny_training_learns_and_its_zip_scores_in_a_fresh_process(learnable_npz, tmp_path):
     zip_path, holdout, weights = train_and_bundle(learnable_npz, tmp_path)
     with open(weights / "history.csv") as f:
@@ -109,6 +110,7 @@ def test_check_reports_the_scorers_traceback(tmp_path):
         submission.check_bundle(broken, learnable_images(2)[0])
 
 
+@pytest.mark.slow
 def test_tiny_training_on_real_images(real_npz, tmp_path):
     zip_path, holdout, weights = train_and_bundle(real_npz, tmp_path)
     split = json.loads((weights / "split.json").read_text())

@@ -151,8 +151,8 @@ def test_a_wider_mobilenet_round_trips_through_a_bundle_and_other_backbones_refu
         model.build_network("EfficientNetV2B0", width=1.25)
 
 
-def test_our_resnet10_keeps_its_weights_across_sizes_round_trips_through_a_bundle_and_has_no_pretrained_ones(tmp_path):
-    # the cpu preset's phase 1 trains at 64 px and phase 2 at 96 with the same weights (head_input_size)
+def test_our_resnet10_keeps_its_weights_across_sizes_and_round_trips_through_a_bundle(tmp_path):
+    # the cpu preset's phase 1 trains at 64 px and phase 2 at 96 with the same weights (phase1_input_size)
     architecture = {"backbone": "ResNet10", "input_size": 96, "dropout": 0.2}
     network = model.build_network(**architecture)
     network.set_weights(model.build_network(**{**architecture, "input_size": 64}).get_weights())
@@ -161,5 +161,8 @@ def test_our_resnet10_keeps_its_weights_across_sizes_round_trips_through_a_bundl
     images = learnable_images(3)[0]
     probs = model.Model(tmp_path, tta=False).predict_proba(images)
     np.testing.assert_allclose(probs, network.predict(images.astype(np.float32), verbose=0), atol=1e-5)
+
+
+def test_our_resnet10_has_no_pretrained_weights():
     with pytest.raises(ValueError, match="ResNet10 has no pretrained weights.*--backbone-weights none"):
         model.build_network("ResNet10", backbone_weights="imagenet")
