@@ -25,10 +25,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+import train  # first: it imports TensorFlow without the CUDA plugins' noise
 import keras
 import tensorflow as tf
-
-import train
+from augment import MIXES, corrupt_like_a_test_set, make_augment, make_dataset
 from model import WEIGHTS_GLOB, Model, build_network, load_network, save_network
 
 ROOT = Path(__file__).resolve().parent
@@ -113,8 +114,8 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     for phase, epochs in enumerate((config["epochs_head"], config["epochs_finetune"])):
         network = train.create_network({**config, "input_size": sizes[phase], "backbone_weights": "none"})
         train.compile_network(network, 1e-4, config, train.focal_alpha(labels))
-        augment = train.make_augment(config, 0, config["corrupt_p"][phase])
-        dataset = train.make_dataset(images, labels, config["batch_size"], augment, mix=train.MIXES[config["mix"]]).repeat()
+        augment = make_augment(config, 0, config["corrupt_p"][phase])
+        dataset = make_dataset(images, labels, config["batch_size"], augment, mix=MIXES[config["mix"]]).repeat()
         # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation
         # runs ahead of the training step, on the cycles the step leaves idle; the first epoch traces
         ends = []
@@ -134,8 +135,8 @@ def augment_speed(preset, repeats):
     config = train.PRESETS[preset]
     n = config["batch_size"]
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (n, 96, 96, 3)), tf.float32)
-    steps = {"RandAugment": train.make_augment(config, 0, 0.0),
-             f"corruptions (corrupt_p {config['corrupt_p'][1]})": lambda x: train.corrupt_like_a_test_set(x, config["corrupt_p"][1])}
+    steps = {"RandAugment": make_augment(config, 0, 0.0),
+             f"corruptions (corrupt_p {config['corrupt_p'][1]})": lambda x: corrupt_like_a_test_set(x, config["corrupt_p"][1])}
     for name, step in steps.items():
         step = tf.function(step)
         step(x)  # tracing, not timed

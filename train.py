@@ -16,21 +16,20 @@ evaluation), history.csv and history.png.
 import argparse
 import csv
 import io
-import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the log
+import data  # first: it imports TensorFlow without the CUDA plugins' noise
 import tensorflow as tf
 import keras
-import keras_cv
 
-import data
+from augment import MIXES, clean_share_at, follow_clean_share, make_augment, make_dataset
+from checkpoint import Checkpoint, log, run_phase
 from outliers import find_outliers
 from model import BACKBONES, NUM_CLASSES, build_network, load_network, save_network
 
@@ -94,10 +93,6 @@ PRESETS = {
 ARCHITECTURE_KEYS = ("backbone", "width", "input_size", "dropout")  # what model.py needs to rebuild the network
 
 
-def log(message):
-    print(f"[train {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # data: clean, then split off the held-out images that training never sees
 
@@ -126,168 +121,6 @@ def focal_alpha(labels, balanced=True):
         return [1.0] * NUM_CLASSES
     counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
     return (len(labels) / (NUM_CLASSES * np.maximum(counts, 1))).tolist()
-
-
-def make_dataset(images, labels, batch_size, augment=None, seed=0, mix=None):
-    """A tf.data pipeline of (float images in [0, 255], one-hot labels); augmented when training,
-    then, given mix (one of MIXES), each batch's images and labels mixed.
-
-    RandAugment runs here, on batches, never inside the saved network: keras-cv layers break in
-    graph mode there and would alter inference.
-    """
-    ds = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, NUM_CLASSES)))
-    if augment is not None:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if mix is not None:
-        ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def make_augment(config, seed, corrupt_p, clean_share=None):
-    """RandAugment (the recipe), then, when corrupt_p > 0, the test-set-like corruptions below,
-    sparing a share clean_share of the images: a number, or a tf.Variable read at every batch
-    (default: the preset's share at phase 2's first epoch)."""
-    clean_share = clean_share_at(config, 0) if clean_share is None else clean_share
-    rand_augment = keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=config["augment_ops"],
-                                               magnitude=config["augment_magnitude"], seed=seed)
-    def augment(x):
-        x = rand_augment(x, training=True)
-        return corrupt_like_a_test_set(x, corrupt_p, clean_share) if corrupt_p else x
-    return augment
-
-
-def clean_share_at(config, epoch):
-    """The preset's clean_share at an epoch of phase 2: one number throughout, or [first, last], a
-    straight line from the first epoch's share to the last's (runs from before that key spared none)."""
-    share = config.get("clean_share", 0.0)
-    first, last = share if isinstance(share, (list, tuple)) else (share, share)
-    return first + (last - first) * min(epoch / max(config["epochs_finetune"] - 1, 1), 1.0)
-
-
-def follow_clean_share(config, share):
-    """A callback that sets the tf.Variable share to clean_share_at each epoch, before its first batch."""
-    return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: share.assign(clean_share_at(config, epoch)))
-
-
-def change_some(x, p, change, hit=None):
-    """x with change(images) in place of a random share p of its images (p one number, or one per
-    image; or of those where hit is True), computed on those images only: a corruption on 20% of a
-    batch costs a fifth of one on all."""
-    if hit is None:
-        hit = tf.random.uniform([tf.shape(x)[0]]) < p
-    where = tf.where(hit)
-    return tf.tensor_scatter_nd_update(x, where, change(tf.gather_nd(x, where)))
-
-
-def corrupt_like_a_test_set(x, p, clean_share=0.0):
-    """Changes RandAugment lacks and a modified test set may carry, each on a share p of the batch.
-
-    x: float (n, 96, 96, 3) in [0, 255]. Cells have no orientation, so the eight flips and
-    right-angle rotations are applied to every image; each of the rest (hue, saturation,
-    grayscale, colour cast, brightness, contrast, blur, noise, pixelation, rotation, zoom, shift,
-    occlusion) to its own random share p. Ranges reach past the strongest level of evaluate.py's
-    suite, so its corruptions fall inside what training has seen. A random share clean_share of
-    the images is spared them all, so every step also sees clean cells.
-    """
-    size = x.shape[1]
-    def uniform(x, low, high, shape=(1, 1, 1)):  # one draw per image of x
-        return tf.random.uniform([tf.shape(x)[0], *shape], low, high)
-    p = tf.where(uniform(x, 0, 1, ()) < clean_share, 0.0, p)  # each image's chance of each corruption
-
-    x = tf.where(uniform(x, 0, 1) < 0.5, tf.transpose(x, [0, 2, 1, 3]), x)
-    x = tf.image.random_flip_up_down(tf.image.random_flip_left_right(x))
-
-    # colour: the stain and the camera
-    def in_hsv(change):
-        return lambda x: tf.image.hsv_to_rgb(change(tf.image.rgb_to_hsv(x / 255.0))) * 255.0
-    x = change_some(x, p, in_hsv(lambda h: tf.concat([(h[..., :1] + uniform(h, -0.15, 0.15)) % 1.0, h[..., 1:]], -1)))
-    x = change_some(x, p, in_hsv(lambda h: tf.concat(
-        [h[..., :1], tf.clip_by_value(h[..., 1:2] * uniform(h, 0.1, 3.0), 0, 1), h[..., 2:]], -1)))
-    x = change_some(x, p, lambda x: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)))
-    x = change_some(x, p, lambda x: x + uniform(x, -60, 60, (1, 1, 3)))  # colour cast
-    x = change_some(x, p, lambda x: x + uniform(x, -80, 80))  # brightness
-    def contrast(x):
-        mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
-        return mean + (x - mean) * tf.exp(uniform(x, np.log(0.3), np.log(2.0)))
-    x = tf.clip_by_value(change_some(x, p, contrast), 0.0, 255.0)
-
-    # optics and sensor
-    def blur(x):  # gaussian, one width per batch; two 1-D passes, a third of the cost of one 7x7
-        sigma = tf.random.uniform([], 0.5, 2.0)
-        taps = tf.exp(-0.5 * (tf.range(-3.0, 4.0) / sigma) ** 2)
-        taps = tf.tile((taps / tf.reduce_sum(taps))[:, None, None], [1, 3, 1])  # (7, channels, 1)
-        x = tf.nn.depthwise_conv2d(x, taps[:, None], [1, 1, 1, 1], "SAME")
-        return tf.nn.depthwise_conv2d(x, taps[None], [1, 1, 1, 1], "SAME")
-    x = change_some(x, p, blur)
-    x = change_some(x, p, lambda x: x + tf.random.normal(tf.shape(x)) * uniform(x, 3, 35))  # sensor noise
-    x = change_some(x, p, lambda x: tf.image.resize(tf.image.resize(x, [size // 3, size // 3], "area"),
-                                                    [size, size], "nearest"))  # pixelation
-
-    # geometry: rotation by any angle, zoom in or out, shift; one affine map, black outside the picture
-    def some(shape):
-        return tf.random.uniform([tf.shape(x)[0], *shape]) < tf.reshape(p, [-1] + [1] * len(shape))
-    angle = tf.where(some(()), uniform(x, -np.pi / 4, np.pi / 4, ()), 0.0)
-    zoom = tf.where(some(()), tf.exp(uniform(x, -np.log(1.6), np.log(1.6), ())), 1.0)
-    shift = tf.where(some((2,)), uniform(x, -0.25 * size, 0.25 * size, (2,)), 0.0)
-    centre = (size - 1) / 2
-    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom  # output pixel -> input pixel, about the centre
-    transforms = tf.stack([cos, -sin, centre - cos * centre + sin * centre + shift[:, 0],
-                           sin, cos, centre - sin * centre - cos * centre + shift[:, 1],
-                           tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
-    moved = (angle != 0) | (zoom != 1) | tf.reduce_any(shift != 0, axis=1)
-    x = change_some(x, p, lambda x: tf.raw_ops.ImageProjectiveTransformV3(
-        images=x, transforms=tf.boolean_mask(transforms, moved), output_shape=[size, size], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT"), hit=moved)
-
-    # occlusion: one to three squares of 8 to 32 pixels (at 96 px), black or a random grey
-    def occlude(x):
-        grid = tf.cast(tf.range(size), tf.float32)
-        squares = tf.random.uniform([tf.shape(x)[0]], 1, 4, tf.int32)
-        for k in range(3):
-            top_left, side = uniform(x, 0, size, (2,)), uniform(x, size / 12, size / 3, ())
-            inside_y = (grid[None, :] >= top_left[:, :1]) & (grid[None, :] < top_left[:, :1] + side[:, None])
-            inside_x = (grid[None, :] >= top_left[:, 1:]) & (grid[None, :] < top_left[:, 1:] + side[:, None])
-            patch = (inside_y[:, :, None] & inside_x[:, None, :])[..., None] & (squares > k)[:, None, None, None]
-            x = tf.where(patch, tf.where(uniform(x, 0, 1) < 0.5, 0.0, uniform(x, 0, 255)), x)
-        return x
-    x = change_some(x, p, occlude)
-    return tf.clip_by_value(x, 0.0, 255.0)
-
-
-def mix_with_partners(x, y, keep_pixels, keep_label):
-    """Each image of the batch with another's pixels where keep_pixels < 1, its label weighed by keep_label."""
-    partner = tf.random.shuffle(tf.range(tf.shape(x)[0]))
-    keep_label = keep_label[:, None]
-    return (keep_pixels * x + (1 - keep_pixels) * tf.gather(x, partner),
-            keep_label * y + (1 - keep_label) * tf.gather(y, partner))
-
-
-def mixup(x, y, alpha=0.2):
-    """MixUp (Zhang et al. 2018): each image blended with another, by a share from Beta(alpha, alpha)."""
-    a, b = tf.random.gamma([tf.shape(x)[0]], alpha), tf.random.gamma([tf.shape(x)[0]], alpha)
-    keep = a / tf.maximum(a + b, 1e-30)  # a Beta draw; both gammas can underflow to 0
-    return mix_with_partners(x, y, keep[:, None, None, None], keep)
-
-
-def cutmix(x, y):
-    """CutMix (Yun et al. 2019): a square of each image, of a uniform share of the area and centred
-    anywhere, replaced by the same square of another image; the label mixed by the pixels each image
-    gives. Our own because keras-cv's CutMix labels the square's area before clipping it at the
-    edges: wrong by up to 0.6 near them."""
-    size = x.shape[1]
-    grid = tf.cast(tf.range(size), tf.float32)
-    side = tf.sqrt(tf.random.uniform([tf.shape(x)[0], 1])) * size
-    centre = tf.random.uniform([tf.shape(x)[0], 2], 0, size)
-    inside_y = tf.abs(grid[None, :] + 0.5 - centre[:, :1]) < side / 2
-    inside_x = tf.abs(grid[None, :] + 0.5 - centre[:, 1:]) < side / 2
-    pasted = tf.cast(inside_y[:, :, None] & inside_x[:, None, :], tf.float32)[..., None]
-    return mix_with_partners(x, y, 1 - pasted, 1 - tf.reduce_mean(pasted, axis=(1, 2, 3)))
-
-
-MIXES = {"none": None, "mixup": mixup, "cutmix": cutmix}  # the presets' and --mix's choices
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,123 +228,6 @@ def from_scratch_schedule(config, steps_per_epoch):
     return warm_cosine(config["lr_head"], config["epochs_head"] + config["epochs_finetune"], steps_per_epoch)
 
 
-class Checkpoint(keras.callbacks.Callback):
-    """Everything a killed run needs, saved at the end of every epoch, put back by --resume.
-
-    A checkpoint is a folder: state.json (split, config, phase, epoch, history, the early-stopping
-    and learning-rate bookkeeping), network.npz, optimizer.npz (AdamW's moments, its step and
-    learning rate) and best.npz (the weights early stopping would restore). Each one is written
-    into a new folder, then latest.json is renamed over the old pointer: a kill at any moment
-    leaves the previous complete checkpoint.
-    """
-
-    def __init__(self, folder):
-        super().__init__()
-        self.folder = Path(folder)
-        self.state, self.watched, self.current = None, {}, None  # current: the newest complete checkpoint
-
-    def load(self):
-        """The saved state, or None when there is no complete checkpoint."""
-        pointer = self.folder / "latest.json"
-        if not pointer.is_file():
-            return None
-        self.current = self.folder / json.loads(pointer.read_text())["folder"]
-        return json.loads((self.current / "state.json").read_text())
-
-    def save(self, network, with_optimizer=True):
-        self.state["saved"] = self.state.get("saved", 0) + 1
-        name = f"{self.state['phase']}-{self.state['epoch']:03d}-{self.state['saved']}"
-        folder = self.folder / name
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "network.npz", *network.get_weights())
-        if with_optimizer:
-            np.savez(folder / "optimizer.npz", *[v.numpy() for v in network.optimizer.variables])
-        stop = self.watched.get("early_stopping")
-        if stop is not None and stop.best_weights is not None:
-            np.savez(folder / "best.npz", *stop.best_weights)
-        (folder / "state.json").write_text(json.dumps(self.state))
-        data.write_atomically(self.folder / "latest.json", lambda f: f.write(json.dumps({"folder": name}).encode()))
-        for old in self.folder.iterdir():  # only now may the previous checkpoint go
-            if old.is_dir() and old.name != name:
-                shutil.rmtree(old)
-        self.current = folder
-
-    def restore(self, network):
-        """Put the checkpoint's network weights, and its optimizer state when it has one, back."""
-        network.set_weights(arrays(self.current / "network.npz"))
-        optimizer = network.optimizer
-        if (self.current / "optimizer.npz").is_file():
-            optimizer.build(network.trainable_variables)
-            saved = arrays(self.current / "optimizer.npz")
-            if len(saved) != len(optimizer.variables):  # say, a checkpoint from before weight averaging
-                sys.exit(f"the optimizer state in {self.current} does not fit this run's optimizer ({len(saved)} "
-                         f"arrays for {len(optimizer.variables)}): start afresh with --overwrite")
-            for variable, value in zip(optimizer.variables, saved):
-                variable.assign(value)
-        if optimizer.use_ema and optimizer.built:
-            # Saved at an epoch's end, the network held the average (SwapEMAWeights puts it there for
-            # early stopping and this checkpoint) and the average's slots the weights in training:
-            # swap them back. A phase's first epoch starts the average afresh from its weights.
-            mid_phase = json.loads((self.current / "state.json").read_text())["epoch"] > 0
-            for weight, average in zip(network.trainable_variables, optimizer._model_variables_moving_average):
-                held = weight.numpy()
-                if mid_phase:
-                    weight.assign(average)
-                average.assign(held)
-
-    def on_train_begin(self, logs=None):
-        # Keras resets EarlyStopping and ReduceLROnPlateau here; give them back what the killed run had
-        stop = self.watched.get("early_stopping")
-        if stop is not None and stop.monitor_op is None:
-            stop._set_monitor_op()  # Keras 3.4 sets `best` at the first epoch's end, over a restored one
-        for name, callback in self.watched.items():
-            for key, value in self.state["callbacks"].get(name, {}).items():
-                setattr(callback, key, value)
-        if "early_stopping" in self.watched and self.current and (self.current / "best.npz").is_file():
-            self.watched["early_stopping"].best_weights = arrays(self.current / "best.npz")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.state["history"].append({"phase": self.state["phase"], "epoch": epoch + 1,
-                                      **{k: float(v) for k, v in (logs or {}).items()},
-                                      "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),  # next step's
-                                      "seconds": round(time.time() - self.started, 1)})
-        self.state["epoch"] = epoch + 1
-        self.state["stopped"] = bool(self.model.stop_training)  # early stopping ended the phase here
-        self.state["callbacks"] = {name: {key: float(getattr(callback, key)) for key in WATCHED[name]}
-                                   for name, callback in self.watched.items()}
-        self.save(self.model)
-
-
-# the bookkeeping of Keras' callbacks that a resumed run needs to stop where an unbroken one would
-WATCHED = {"early_stopping": ("wait", "best", "best_epoch"), "plateau": ("wait", "best", "cooldown_counter")}
-
-
-def arrays(path):
-    with np.load(path) as npz:
-        return [npz[f"arr_{i}"] for i in range(len(npz.files))]
-
-
-def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=None, follow=()):
-    """fit() from the checkpoint's epoch on, with early stopping that restores the best weights
-    (and the callbacks in follow, which keep no state of their own)."""
-    start = checkpoint.state["epoch"]
-    epochs = start if checkpoint.state.get("stopped") else epochs  # killed after early stopping: nothing left
-    trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
-    log(f"{checkpoint.state['phase']}: epochs {start + 1} to {epochs}, {trainable:,} trainable parameters")
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True,
-                                         verbose=1)
-    checkpoint.watched = {"early_stopping": stop, **({"plateau": plateau} if plateau else {})}
-    # with weight averaging, validation scores the average, and at each epoch's end the average goes
-    # into the network before early stopping keeps the best one: the phase ends with the best average
-    average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if network.optimizer.use_ema else []
-    network.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start,
-                callbacks=[*follow, *average, *checkpoint.watched.values(), checkpoint],  # checkpoint last: it sees their state
-                verbose=1 if sys.stdout.isatty() else 2)  # bars on a terminal, a line per epoch in logs
-
-
 def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, resume=False, overwrite=False,
           split_seed=0):
     """The whole recipe, from the data file to out/weights.npz. Returns the history rows.
@@ -559,7 +275,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     def train_ds(phase):  # corrupt_p holds each phase's share of corrupted images
         augment = make_augment(config, seed, config["corrupt_p"][phase], clean_share)
         return make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed, MIXES[config.get("mix", "none")])
-    # Both phases' pipelines are traced now: TensorFlow reads a function's source from train.py when
+    # Both phases' pipelines are traced now: TensorFlow reads a function's source from its file when
     # it first traces it, and phase 2's corruptions, traced later, would read lines an edit had moved.
     train_sets = [train_ds(0) if state["phase"] == "head" else None, train_ds(1)]
     val_ds = make_dataset(images[val_idx], labels[val_idx], batch_size)
@@ -604,7 +320,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     # the finished run: weights, split and history renamed into place, then the checkpoint goes
     out.mkdir(parents=True, exist_ok=True)
     save_weights(network, config, out / "weights.npz", images[val_idx])
-    data.write_atomically(out / "split.json", lambda f: f.write(json.dumps({**state["split"], "config": config}).encode()))
+    data.write_json(out / "split.json", {**state["split"], "config": config})
     save_history(state["history"], out)
     shutil.rmtree(checkpoint.folder)
     return state["history"]

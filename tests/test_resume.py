@@ -13,8 +13,11 @@ import pytest
 import keras
 import tensorflow as tf
 
+import augment
+import data
 import model
 import train
+from checkpoint import Checkpoint, run_phase
 from conftest import ROOT
 
 
@@ -34,6 +37,7 @@ def latest_checkpoint(out):
     return json.loads((out / "checkpoint" / json.loads(pointer.read_text())["folder"] / "state.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_npz, tmp_path):
     out = tmp_path / "weights"
     first = run_train(learnable_npz, out)
@@ -121,18 +125,18 @@ def test_a_kill_while_writing_weights_leaves_the_previous_ones(tmp_path, monkeyp
 def test_a_kill_while_checkpointing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     network = model.build_network("MobileNetV3Small")
     train.compile_network(network, 1e-3, train.PRESETS["tiny"], [1.0] * 8)
-    checkpoint = train.Checkpoint(tmp_path / "checkpoint")
+    checkpoint = Checkpoint(tmp_path / "checkpoint")
     checkpoint.state = {"phase": "head", "epoch": 1, "history": [], "callbacks": {}}
     checkpoint.save(network, with_optimizer=False)
 
     checkpoint.state = {"phase": "head", "epoch": 2, "history": [], "callbacks": {}}
     def die(*args, **kwargs):
         raise Killed()
-    monkeypatch.setattr(train.data, "write_atomically", die)  # dies after the files, before the pointer moves
+    monkeypatch.setattr(data, "write_json", die)  # dies after the files, before the pointer moves
     with pytest.raises(Killed):
         checkpoint.save(network, with_optimizer=False)
     monkeypatch.undo()
-    reloaded = train.Checkpoint(tmp_path / "checkpoint")
+    reloaded = Checkpoint(tmp_path / "checkpoint")
     assert reloaded.load()["epoch"] == 1
     reloaded.restore(network)
 
@@ -144,13 +148,13 @@ def phase_on_noise(tmp_path, epochs, patience, state=None):
     config = {**train.PRESETS["tiny"], "patience": patience}
     train.compile_network(network, 0.0, config, [1.0] * 8)
     rng = np.random.default_rng(0)
-    ds = train.make_dataset(rng.integers(0, 256, (32, 96, 96, 3), dtype=np.uint8), rng.integers(0, 8, 32), 16)
-    checkpoint = train.Checkpoint(tmp_path / "checkpoint")
+    ds = augment.make_dataset(rng.integers(0, 256, (32, 96, 96, 3), dtype=np.uint8), rng.integers(0, 8, 32), 16)
+    checkpoint = Checkpoint(tmp_path / "checkpoint")
     checkpoint.state = state or {"phase": "head", "epoch": 0, "history": [], "callbacks": {}}
     if state:
         checkpoint.load()
         checkpoint.restore(network)
-    train.run_phase(network, epochs, ds, ds, checkpoint, config)
+    run_phase(network, epochs, ds, ds, checkpoint, config)
     return checkpoint
 
 
@@ -183,14 +187,14 @@ def test_weight_averaging_is_validated_kept_and_resumed_with_the_weights_in_trai
         train.compile_network(network, 1e-2, config, [1.0] * 8)
         return network
     rng = np.random.default_rng(0)
-    ds = train.make_dataset(rng.integers(0, 256, (16 * steps_per_epoch, 96, 96, 3), dtype=np.uint8),
+    ds = augment.make_dataset(rng.integers(0, 256, (16 * steps_per_epoch, 96, 96, 3), dtype=np.uint8),
                             rng.integers(0, 8, 16 * steps_per_epoch), 16)
     def phase(folder, *follow):
         network, raw = compiled(), RawWeights()
-        checkpoint = train.Checkpoint(folder)
+        checkpoint = Checkpoint(folder)
         checkpoint.state = {"phase": "head", "epoch": 0, "history": [], "callbacks": {}}
         try:
-            train.run_phase(network, 3, ds, ds, checkpoint, config, follow=[raw, *follow])
+            run_phase(network, 3, ds, ds, checkpoint, config, follow=[raw, *follow])
         except Killed:
             pass
         averages, average = [], raw.steps[0]  # Keras' first step copies the weights
@@ -210,7 +214,7 @@ def test_weight_averaging_is_validated_kept_and_resumed_with_the_weights_in_trai
     checkpoint.state.update(phase="finetune", epoch=0)  # the next phase starts its average from its first weights
     checkpoint.save(network)
     following = compiled()
-    reloaded = train.Checkpoint(tmp_path / "whole")
+    reloaded = Checkpoint(tmp_path / "whole")
     reloaded.load()
     reloaded.restore(following)
     for weight, average, expected in zip(following.trainable_weights, following.optimizer._model_variables_moving_average, kept):
@@ -223,7 +227,7 @@ def test_weight_averaging_is_validated_kept_and_resumed_with_the_weights_in_trai
     _, _, steps, averages = phase(tmp_path / "killed", keras.callbacks.LambdaCallback(on_epoch_begin=die))
     assert len(steps) == steps_per_epoch  # killed after the first epoch's checkpoint
     resumed = compiled()  # training goes on from the weights in training, averaging from the average
-    reloaded = train.Checkpoint(tmp_path / "killed")
+    reloaded = Checkpoint(tmp_path / "killed")
     reloaded.load()
     reloaded.restore(resumed)
     for weight, average, trained, expected in zip(resumed.trainable_weights, resumed.optimizer._model_variables_moving_average,
@@ -243,13 +247,13 @@ def test_a_checkpoint_restores_the_optimizer_state_also_under_mirrored_strategy(
     first = compiled()
     rng = np.random.default_rng(0)
     first.fit(rng.uniform(0, 255, (32, 96, 96, 3)), np.eye(8)[rng.integers(0, 8, 32)], epochs=2, verbose=0)
-    checkpoint = train.Checkpoint(tmp_path / "checkpoint")
+    checkpoint = Checkpoint(tmp_path / "checkpoint")
     checkpoint.state = {"phase": "head", "epoch": 2, "history": [], "callbacks": {}}
     checkpoint.save(first)
 
     second = compiled()
     with strategy.scope():
-        reloaded = train.Checkpoint(tmp_path / "checkpoint")
+        reloaded = Checkpoint(tmp_path / "checkpoint")
         reloaded.load()
         reloaded.restore(second)
     assert int(second.optimizer.iterations.numpy()) == int(first.optimizer.iterations.numpy()) > 0
@@ -257,12 +261,13 @@ def test_a_checkpoint_restores_the_optimizer_state_also_under_mirrored_strategy(
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_editing_train_py_while_it_trains_does_not_break_the_run(learnable_npz, tmp_path):
-    # TensorFlow reads a function's source from the file when it first traces it; phase 2's corruptions,
-    # traced when phase 2 began, then read lines an edit had moved (and the cpu23 run crashed)
+@pytest.mark.slow
+def test_editing_the_code_while_it_trains_does_not_break_the_run(learnable_npz, tmp_path):
+    # TensorFlow reads a function's source from its file when it first traces it: phase 2's corruptions,
+    # traced when phase 2 began, then read lines an edit had moved, and the run crashed
     code = tmp_path / "code"
     code.mkdir()
-    for name in ("train.py", "model.py", "data.py", "outliers.py"):
+    for name in ("train.py", "augment.py", "checkpoint.py", "model.py", "data.py", "outliers.py"):
         shutil.copy(ROOT / name, code / name)
     out = tmp_path / "weights"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -271,8 +276,8 @@ def test_editing_train_py_while_it_trains_does_not_break_the_run(learnable_npz, 
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     while run.poll() is None and not latest_checkpoint(out):  # phase 1 trains
         time.sleep(0.2)
-    source = (code / "train.py").read_text()  # a user edits a helper near the top: every line below moves down
-    (code / "train.py").write_text(source.replace("\ndef focal_alpha(", "\n# edited\n# while\n# training\ndef focal_alpha(", 1))
+    source = (code / "augment.py").read_text()  # a user edits a helper near the top: every line below moves down
+    (code / "augment.py").write_text(source.replace("\ndef make_dataset(", "\n# edited\n# while\n# training\ndef make_dataset(", 1))
     log = run.communicate()[0]
     assert run.returncode == 0, log[-3000:]
     assert (out / "weights.npz").is_file()

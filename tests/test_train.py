@@ -10,6 +10,7 @@ import pytest
 import keras
 import tensorflow as tf
 
+import augment
 import data
 import model
 import train
@@ -152,14 +153,15 @@ def test_a_random_start_gives_batchnorm_statistics_that_keep_up(tmp_path):
     assert momenta(train.create_network({**config, "backbone_weights": str(path)})) == {0.999}  # pretrained: as built
 
 
+@pytest.mark.slow
 def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_path, monkeypatch):
     config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1, "mix": "cutmix"}
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    mixes, make_dataset = [], train.make_dataset  # each pipeline's mix: both phases' train with CutMix
+    mixes, make_dataset = [], augment.make_dataset  # each pipeline's mix: both phases' train with CutMix
     monkeypatch.setattr(train, "make_dataset", lambda *args: mixes.append(args[5:]) or make_dataset(*args))
     rows = train.train(config, learnable_npz, tmp_path, seed=5, keep_outliers=True, strategy=strategy)
     assert [r["phase"] for r in rows] == ["head", "finetune"]
-    assert mixes == [(train.cutmix,), (train.cutmix,), ()]  # validation unmixed
+    assert mixes == [(augment.cutmix,), (augment.cutmix,), ()]  # validation unmixed
     assert (tmp_path / "weights.npz").is_file() and (tmp_path / "history.png").is_file()
     # the held-out images follow split_seed (default 0), not seed: several seeds make one ensemble
     images, labels = data.load_training_set(learnable_npz)
@@ -167,6 +169,7 @@ def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_pat
     assert json.loads((tmp_path / "split.json").read_text())["holdout"] == expected.tolist()
 
 
+@pytest.mark.slow
 def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_its_weights(learnable_npz, tmp_path, monkeypatch):
     config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1, "head_input_size": 48}
     seen = []  # per phase: the size the backbone sees, the weights it starts from and ends with
@@ -237,36 +240,36 @@ def spared(batch, originals):
 
 def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline():
     images, labels = learnable_images(64)
-    augment = train.make_augment(train.PRESETS["tiny"], seed=0, corrupt_p=0.5)
-    batch = next(iter(train.make_dataset(images, labels, 64, augment)))[0].numpy()
+    corrupt = augment.make_augment(train.PRESETS["tiny"], seed=0, corrupt_p=0.5)
+    batch = next(iter(augment.make_dataset(images, labels, 64, corrupt)))[0].numpy()
     assert batch.shape == images.shape and batch.dtype == np.float32
     assert batch.min() >= 0 and batch.max() <= 255
     plain = tf.constant(images[:32], tf.float32)
-    corrupted = train.corrupt_like_a_test_set(plain, 1.0).numpy()
+    corrupted = augment.corrupt_like_a_test_set(plain, 1.0).numpy()
     changed = np.abs(corrupted - images[:32]).mean(axis=(1, 2, 3))
     assert (changed > 5).all()  # every image altered when p = 1
     # p = 0 leaves only the flips and right-angle rotations: the same pixels, rearranged
-    assert spared(train.corrupt_like_a_test_set(plain, 0.0).numpy(), images[:32]).all()
+    assert spared(augment.corrupt_like_a_test_set(plain, 0.0).numpy(), images[:32]).all()
 
 
 def test_a_clean_share_of_the_images_is_spared_every_corruption():
     images = np.repeat(learnable_images(64)[0], 8, axis=0).astype(np.float32)  # 512 images
-    half = spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.5).numpy(), images)
+    half = spared(augment.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.5).numpy(), images)
     assert 0.4 < half.mean() < 0.6  # the rest carry all thirteen corruptions (p = 1)
-    assert spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=1.0).numpy(), images).all()
-    assert not spared(train.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.0).numpy(), images).any()
+    assert spared(augment.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=1.0).numpy(), images).all()
+    assert not spared(augment.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.0).numpy(), images).any()
 
 
 def test_a_falling_clean_share_reaches_the_pipeline_at_each_epochs_start():
     config = {**train.PRESETS["cpu"], "epochs_finetune": 5, "clean_share": [0.8, 0.0]}  # a list, as JSON gives it back
-    assert [round(train.clean_share_at(config, e), 6) for e in range(6)] == [0.8, 0.6, 0.4, 0.2, 0.0, 0.0]
-    assert train.clean_share_at({**config, "clean_share": 0.3}, 4) == 0.3  # one number: the same throughout
+    assert [round(augment.clean_share_at(config, e), 6) for e in range(6)] == [0.8, 0.6, 0.4, 0.2, 0.0, 0.0]
+    assert augment.clean_share_at({**config, "clean_share": 0.3}, 4) == 0.3  # one number: the same throughout
     images, labels = learnable_images(1)
     images, labels = np.repeat(images, 256, axis=0), np.repeat(labels, 256)  # one picture: no need to undo the shuffle
     share = tf.Variable(0.0, trainable=False)
-    follow = train.follow_clean_share({**config, "clean_share": [1.0, 0.0]}, share)
-    augment = train.make_augment({**config, "augment_ops": 0}, seed=0, corrupt_p=1.0, clean_share=share)  # no RandAugment
-    dataset = train.make_dataset(images, labels, 256, augment)  # built once, as fit() gets it
+    follow = augment.follow_clean_share({**config, "clean_share": [1.0, 0.0]}, share)
+    corrupt = augment.make_augment({**config, "augment_ops": 0}, seed=0, corrupt_p=1.0, clean_share=share)  # no RandAugment
+    dataset = augment.make_dataset(images, labels, 256, corrupt)  # built once, as fit() gets it
     for epoch, expected in ((0, 1.0), (2, 0.5), (4, 0.0)):
         follow.on_epoch_begin(epoch)
         assert abs(spared(next(iter(dataset))[0].numpy(), images).mean() - expected) < 0.1
@@ -275,15 +278,15 @@ def test_a_falling_clean_share_reaches_the_pipeline_at_each_epochs_start():
 def test_mixup_and_cutmix_weigh_each_label_by_the_pixels_its_image_gives():
     x = np.zeros((512, 96, 96, 3), np.float32)
     x[:256] = 255.0  # class 0 white, class 1 black: an image's white share is what it holds of class 0
-    y = tf.one_hot(np.repeat([0, 1], 256), train.NUM_CLASSES)
-    for mix in (train.mixup, train.cutmix):
+    y = tf.one_hot(np.repeat([0, 1], 256), augment.NUM_CLASSES)
+    for mix in (augment.mixup, augment.cutmix):
         images, labels = (t.numpy() for t in mix(tf.constant(x), y))
         white = images.mean(axis=(1, 2, 3)) / 255
         np.testing.assert_allclose(labels[:, 0], white, atol=1e-5)
         np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
         assert 0.2 < np.mean((white > 0.01) & (white < 0.99)) < 0.8  # about half meet a partner of the other class
     # CutMix pastes one box (a square, clipped at the edges): the partner's pixels fill their bounding box
-    images = train.cutmix(tf.constant(x), y)[0].numpy()[..., 0]
+    images = augment.cutmix(tf.constant(x), y)[0].numpy()[..., 0]
     for i in np.nonzero((images.mean(axis=(1, 2)) > 1) & (images.mean(axis=(1, 2)) < 254))[0][:50]:
         pasted = images[i] == (0 if i < 256 else 255)
         rows, cols = np.nonzero(pasted)
@@ -293,16 +296,16 @@ def test_mixup_and_cutmix_weigh_each_label_by_the_pixels_its_image_gives():
 def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouched():
     x = tf.random.uniform([2000, 4, 4, 3], 0, 255)
     seen = []  # how many images the change was computed on: only those it hits
-    changed = train.change_some(x, 0.3, lambda some: seen.append(int(tf.shape(some)[0])) or some + 1000.0).numpy()
+    changed = augment.change_some(x, 0.3, lambda some: seen.append(int(tf.shape(some)[0])) or some + 1000.0).numpy()
     hit = (changed > 255).all(axis=(1, 2, 3))
     assert 0.25 < hit.mean() < 0.35 and seen == [hit.sum()]
     np.testing.assert_array_equal(changed[hit], x.numpy()[hit] + 1000.0)
     np.testing.assert_array_equal(changed[~hit], x.numpy()[~hit])
     one_each = np.where(np.arange(2000) < 1000, 0.0, 1.0).astype(np.float32)  # or one p for each image
-    np.testing.assert_array_equal(train.change_some(x, one_each, lambda some: some + 1000.0).numpy().max(axis=(1, 2, 3)) > 255,
+    np.testing.assert_array_equal(augment.change_some(x, one_each, lambda some: some + 1000.0).numpy().max(axis=(1, 2, 3)) > 255,
                                   one_each == 1)
     chosen = np.arange(2000) % 7 == 0  # or exactly the images a mask names
-    np.testing.assert_array_equal(train.change_some(x, 0.3, lambda some: some * 0, hit=chosen).numpy().max(axis=(1, 2, 3)) == 0,
+    np.testing.assert_array_equal(augment.change_some(x, 0.3, lambda some: some * 0, hit=chosen).numpy().max(axis=(1, 2, 3)) == 0,
                                   chosen)
 
 

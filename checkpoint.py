@@ -1,0 +1,132 @@
+"""Crash-safe training: every epoch checkpointed, so that a killed run resumes where it stopped."""
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import keras
+
+import data
+
+
+def log(message):
+    print(f"[train {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Everything a killed run needs, saved at the end of every epoch, put back by --resume.
+
+    A checkpoint is a folder: state.json (split, config, phase, epoch, history, the early-stopping
+    and learning-rate bookkeeping), network.npz, optimizer.npz (AdamW's moments, its step and
+    learning rate) and best.npz (the weights early stopping would restore). Each one is written
+    into a new folder, then latest.json is renamed over the old pointer: a kill at any moment
+    leaves the previous complete checkpoint.
+    """
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = Path(folder)
+        self.state, self.watched, self.current = None, {}, None  # current: the newest complete checkpoint
+
+    def load(self):
+        """The saved state, or None when there is no complete checkpoint."""
+        pointer = self.folder / "latest.json"
+        if not pointer.is_file():
+            return None
+        self.current = self.folder / json.loads(pointer.read_text())["folder"]
+        return json.loads((self.current / "state.json").read_text())
+
+    def save(self, network, with_optimizer=True):
+        self.state["saved"] = self.state.get("saved", 0) + 1
+        name = f"{self.state['phase']}-{self.state['epoch']:03d}-{self.state['saved']}"
+        folder = self.folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "network.npz", *network.get_weights())
+        if with_optimizer:
+            np.savez(folder / "optimizer.npz", *[v.numpy() for v in network.optimizer.variables])
+        stop = self.watched.get("early_stopping")
+        if stop is not None and stop.best_weights is not None:
+            np.savez(folder / "best.npz", *stop.best_weights)
+        (folder / "state.json").write_text(json.dumps(self.state))
+        data.write_json(self.folder / "latest.json", {"folder": name})
+        for old in self.folder.iterdir():  # only now may the previous checkpoint go
+            if old.is_dir() and old.name != name:
+                shutil.rmtree(old)
+        self.current = folder
+
+    def restore(self, network):
+        """Put the checkpoint's network weights, and its optimizer state when it has one, back."""
+        network.set_weights(arrays(self.current / "network.npz"))
+        optimizer = network.optimizer
+        if (self.current / "optimizer.npz").is_file():
+            optimizer.build(network.trainable_variables)
+            saved = arrays(self.current / "optimizer.npz")
+            if len(saved) != len(optimizer.variables):  # say, a checkpoint from before weight averaging
+                sys.exit(f"the optimizer state in {self.current} does not fit this run's optimizer ({len(saved)} "
+                         f"arrays for {len(optimizer.variables)}): start afresh with --overwrite")
+            for variable, value in zip(optimizer.variables, saved):
+                variable.assign(value)
+        if optimizer.use_ema and optimizer.built:
+            # Saved at an epoch's end, the network held the average (SwapEMAWeights puts it there for
+            # early stopping and this checkpoint) and the average's slots the weights in training:
+            # swap them back. A phase's first epoch starts the average afresh from its weights.
+            mid_phase = json.loads((self.current / "state.json").read_text())["epoch"] > 0
+            for weight, average in zip(network.trainable_variables, optimizer._model_variables_moving_average):
+                held = weight.numpy()
+                if mid_phase:
+                    weight.assign(average)
+                average.assign(held)
+
+    def on_train_begin(self, logs=None):
+        # Keras resets EarlyStopping and ReduceLROnPlateau here; give them back what the killed run had
+        stop = self.watched.get("early_stopping")
+        if stop is not None and stop.monitor_op is None:
+            stop._set_monitor_op()  # Keras 3.4 sets `best` at the first epoch's end, over a restored one
+        for name, callback in self.watched.items():
+            for key, value in self.state["callbacks"].get(name, {}).items():
+                setattr(callback, key, value)
+        if "early_stopping" in self.watched and self.current and (self.current / "best.npz").is_file():
+            self.watched["early_stopping"].best_weights = arrays(self.current / "best.npz")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state["history"].append({"phase": self.state["phase"], "epoch": epoch + 1,
+                                      **{k: float(v) for k, v in (logs or {}).items()},
+                                      "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),  # next step's
+                                      "seconds": round(time.time() - self.started, 1)})
+        self.state["epoch"] = epoch + 1
+        self.state["stopped"] = bool(self.model.stop_training)  # early stopping ended the phase here
+        self.state["callbacks"] = {name: {key: float(getattr(callback, key)) for key in WATCHED[name]}
+                                   for name, callback in self.watched.items()}
+        self.save(self.model)
+
+
+# the bookkeeping of Keras' callbacks that a resumed run needs to stop where an unbroken one would
+WATCHED = {"early_stopping": ("wait", "best", "best_epoch"), "plateau": ("wait", "best", "cooldown_counter")}
+
+
+def arrays(path):
+    with np.load(path) as npz:
+        return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+
+def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=None, follow=()):
+    """fit() from the checkpoint's epoch on, with early stopping that restores the best weights
+    (and the callbacks in follow, which keep no state of their own)."""
+    start = checkpoint.state["epoch"]
+    epochs = start if checkpoint.state.get("stopped") else epochs  # killed after early stopping: nothing left
+    trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
+    log(f"{checkpoint.state['phase']}: epochs {start + 1} to {epochs}, {trainable:,} trainable parameters")
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True,
+                                         verbose=1)
+    checkpoint.watched = {"early_stopping": stop, **({"plateau": plateau} if plateau else {})}
+    # with weight averaging, validation scores the average, and at each epoch's end the average goes
+    # into the network before early stopping keeps the best one: the phase ends with the best average
+    average = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if network.optimizer.use_ema else []
+    network.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start,
+                callbacks=[*follow, *average, *checkpoint.watched.values(), checkpoint],  # checkpoint last: it sees their state
+                verbose=1 if sys.stdout.isatty() else 2)  # bars on a terminal, a line per epoch in logs
