@@ -47,7 +47,7 @@ def clean_share_at(config, epoch):
     straight line from the first epoch's share to the last's (runs from before that key spared none)."""
     share = config.get("clean_share", 0.0)
     first, last = share if isinstance(share, (list, tuple)) else (share, share)
-    return first + (last - first) * min(epoch / max(config["epochs_finetune"] - 1, 1), 1.0)
+    return first + (last - first) * min(epoch / max(config["phase2_epochs"] - 1, 1), 1.0)
 
 
 def follow_clean_share(config, share):

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmark.py zip-size [--backbone EfficientNetV2L]
     .venv/bin/python benchmark.py speed [--backbone EfficientNetV2L] [--weights DIR] [--images 512] [--repeats 3]
-    .venv/bin/python benchmark.py train-speed [--preset cpu] [--backbone B] [--width W] [--input-size N] [--head-input-size N] [--images 512] [--repeats 3]
+    .venv/bin/python benchmark.py train-speed [--preset cpu] [--backbone B] [--width W] [--input-size N] [--phase1-input-size N] [--images 512] [--repeats 3]
     .venv/bin/python benchmark.py augment-speed [--preset cpu] [--repeats 3]
 
 zip-size: the submission zip of an untrained network of the `seed` preset (float32 and float16
@@ -14,7 +14,7 @@ check that the labels agree; then of Model.predict with it (the default).
 train-speed: images per second of a preset's training steps, input pipeline included (phase 1's
 augmentation, then phase 2's with the corruptions), and the wall time that makes for the preset's
 epochs on the shared data: how long `make train PRESET=cpu` will take on this machine. --backbone,
---width, --input-size and --head-input-size (phase 1's) time another network in the preset's place.
+--width, --input-size and --phase1-input-size time another network in the preset's place.
 augment-speed: what the input pipeline's two parts cost per image, on a batch of the preset's size.
 """
 import argparse
@@ -55,7 +55,7 @@ def zip_size(backbone):
             print(f"ours, {'float16' if float16 else 'float32'} weights.npz: "
                   f"zip {zipped_size(tmp, [ROOT / 'model.py', tmp / 'weights.npz']):.1f} MB")
         network.trainable = True
-        train.compile_network(network, 1e-4, config, train.focal_alpha(np.arange(8)))
+        train.compile_network(network, 1e-4, config, train.class_weights(np.arange(8)))
         network.save(tmp / "weights.keras")
         print(f"template, compiled, model.save('weights.keras'): zip {zipped_size(tmp, [tmp / 'weights.keras']):.1f} MB")
         x = np.zeros((2, 96, 96, 3), np.float32)
@@ -111,9 +111,9 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     images = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
     labels = rng.integers(0, 8, n)
     minutes, steps = 0.0, n // config["batch_size"]
-    for phase, epochs in enumerate((config["epochs_head"], config["epochs_finetune"])):
+    for phase, epochs in enumerate((config["phase1_epochs"], config["phase2_epochs"])):
         network = train.create_network({**config, "input_size": sizes[phase], "backbone_weights": "none"})
-        train.compile_network(network, 1e-4, config, train.focal_alpha(labels))
+        train.compile_network(network, 1e-4, config, train.class_weights(labels))
         augment = make_augment(config, 0, config["corrupt_p"][phase])
         dataset = make_dataset(images, labels, config["batch_size"], augment, mix=MIXES[config["mix"]]).repeat()
         # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation
@@ -124,8 +124,8 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
         rate = steps * config["batch_size"] / float(np.median(np.diff(ends)))
         minutes += epochs * training_images / rate / 60
         print(f"{name}, phase {phase + 1} (corrupt_p {config['corrupt_p'][phase]}): {rate:.1f} training images/s")
-    total_epochs = config["epochs_head"] + config["epochs_finetune"]
-    print(f"{name}: about {minutes:.0f} minutes for {config['epochs_head']} + {config['epochs_finetune']} epochs "
+    total_epochs = config["phase1_epochs"] + config["phase2_epochs"]
+    print(f"{name}: about {minutes:.0f} minutes for {config['phase1_epochs']} + {config['phase2_epochs']} epochs "
           f"of {training_images:,} images, validation and start-up not included; "
           f"an hour holds about {60 * total_epochs / minutes:.0f} epochs at these rates")
 
@@ -150,7 +150,7 @@ if __name__ == "__main__":
                                       "train-speed: in place of the preset's")
     p.add_argument("--width", type=float, help="train-speed: in place of the preset's (MobileNets only)")
     p.add_argument("--input-size", type=int, help="train-speed: in place of the preset's")
-    p.add_argument("--head-input-size", type=int, help="train-speed: phase 1's, in place of the preset's")
+    p.add_argument("--phase1-input-size", "--head-input-size", type=int, help="train-speed: phase 1's, in place of the preset's")
     p.add_argument("--preset", default="cpu", help="train-speed, augment-speed: the preset whose training is timed")
     p.add_argument("--weights", help="speed: a folder train.py wrote, instead of an untrained --backbone")
     p.add_argument("--images", type=int, default=512)
@@ -164,7 +164,7 @@ if __name__ == "__main__":
     elif args.what == "train-speed":
         changes = {key: value for key, value in (("backbone", args.backbone), ("width", args.width),
                                                  ("input_size", args.input_size),
-                                                 ("head_input_size", args.head_input_size)) if value}
+                                                 ("phase1_input_size", args.phase1_input_size)) if value}
         train_speed(args.preset, args.images, args.repeats, changes)
     else:
         augment_speed(args.preset, args.repeats)

@@ -12,7 +12,13 @@ import data
 
 
 def log(message):
+    """A line of the training log, timed."""
     print(f"[train {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def phase_name(phase):
+    """The log's name of a phase the state calls head or finetune."""
+    return "phase 1" if phase == "head" else "phase 2"
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -44,12 +50,12 @@ class Checkpoint(keras.callbacks.Callback):
         folder = self.folder / name
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "network.npz", *network.get_weights())
-        if with_optimizer:
+        if with_optimizer and network.optimizer.built:  # unbuilt when a phase of 0 epochs went before
             np.savez(folder / "optimizer.npz", *[v.numpy() for v in network.optimizer.variables])
         stop = self.watched.get("early_stopping")
         if stop is not None and stop.best_weights is not None:
             np.savez(folder / "best.npz", *stop.best_weights)
-        (folder / "state.json").write_text(json.dumps(self.state))
+        (folder / "state.json").write_text(json.dumps(self.state))  # a new folder: complete once latest.json names it
         data.write_json(self.folder / "latest.json", {"folder": name})
         for old in self.folder.iterdir():  # only now may the previous checkpoint go
             if old.is_dir() and old.name != name:
@@ -65,7 +71,7 @@ class Checkpoint(keras.callbacks.Callback):
             saved = arrays(self.current / "optimizer.npz")
             if len(saved) != len(optimizer.variables):  # say, a checkpoint from before weight averaging
                 sys.exit(f"the optimizer state in {self.current} does not fit this run's optimizer ({len(saved)} "
-                         f"arrays for {len(optimizer.variables)}): start afresh with --overwrite")
+                         f"arrays for {len(optimizer.variables)}): start afresh with OVERWRITE=1 (--overwrite)")
             for variable, value in zip(optimizer.variables, saved):
                 variable.assign(value)
         if optimizer.use_ema and optimizer.built:
@@ -110,6 +116,7 @@ WATCHED = {"early_stopping": ("wait", "best", "best_epoch"), "plateau": ("wait",
 
 
 def arrays(path):
+    """The arrays of an np.savez file, in the order they were saved."""
     with np.load(path) as npz:
         return [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
@@ -117,10 +124,12 @@ def arrays(path):
 def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=None, follow=()):
     """fit() from the checkpoint's epoch on, with early stopping that restores the best weights
     (and the callbacks in follow, which keep no state of their own)."""
-    start = checkpoint.state["epoch"]
-    epochs = start if checkpoint.state.get("stopped") else epochs  # killed after early stopping: nothing left
+    start, phase = checkpoint.state["epoch"], phase_name(checkpoint.state["phase"])
+    if checkpoint.state.get("stopped") or start >= epochs:  # killed after early stopping, or no epochs asked for
+        log(f"{phase}: no epochs left of {epochs}")
+        return
     trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
-    log(f"{checkpoint.state['phase']}: epochs {start + 1} to {epochs}, {trainable:,} trainable parameters")
+    log(f"{phase}: epochs {start + 1} to {epochs}, {trainable:,} trainable parameters")
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True,
                                          verbose=1)
     checkpoint.watched = {"early_stopping": stop, **({"plateau": plateau} if plateau else {})}
@@ -130,3 +139,19 @@ def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=Non
     network.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start,
                 callbacks=[*follow, *average, *checkpoint.watched.values(), checkpoint],  # checkpoint last: it sees their state
                 verbose=1 if sys.stdout.isatty() else 2)  # bars on a terminal, a line per epoch in logs
+
+
+def start_or_resume(checkpoint, out, resume, overwrite, command):
+    """The checkpoint's state when resuming, else None; refuses a folder whose work would be lost."""
+    state = checkpoint.load()
+    if resume and state is None:
+        sys.exit(f"nothing to resume: {checkpoint.folder} holds no checkpoint. Start the run without RESUME=1 / --resume")
+    if state is not None and not resume and not overwrite:
+        sys.exit(f"{checkpoint.folder} holds an interrupted run ({phase_name(state['phase'])}, epoch {state['epoch']}). "
+                 f"Continue it with {command.train(RESUME=1)} (--resume), or start afresh with "
+                 f"{command.train(OVERWRITE=1)} (--overwrite)")
+    if (out / "weights.npz").is_file() and not resume and not overwrite:
+        other = next(f"{out}-{n}" for n in range(2, 1000) if not Path(f"{out}-{n}").exists())
+        sys.exit(f"{out} holds the weights of a finished run. Keep them and train into another folder: "
+                 f"{command.train(WEIGHTS=other)} (--out {other}); or replace them: {command.train(OVERWRITE=1)} (--overwrite)")
+    return state if resume else None

@@ -79,7 +79,7 @@ def test_tiny_training_learns_and_its_zip_scores_in_a_fresh_process(learnable_np
     # from random weights both phases run down one curve: warm-up over the first epoch, then
     # only downwards, with no restart where phase 2 begins
     rates = [float(r["learning_rate"]) for r in history]
-    assert rates[0] == pytest.approx(json.loads((weights / "split.json").read_text())["config"]["lr_head"])
+    assert rates[0] == pytest.approx(json.loads((weights / "split.json").read_text())["config"]["learning_rate"])
     assert all(a > b for a, b in pairwise(rates)), rates
     images, labels = learnable_images(240, seed=1)  # fresh images of the same classes, never trained on
     answer = score_unpacked(zip_path, images, tmp_path / "unpacked")

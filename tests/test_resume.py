@@ -25,7 +25,7 @@ def run_train(data_path, out, *flags):
     """train.py with the tiny preset, shortened to 3 + 3 epochs."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--data", str(data_path), "--preset", "tiny",
-                             "--epochs-head", "3", "--epochs-finetune", "3", "--out", str(out), "--keep-outliers",
+                             "--phase1-epochs", "3", "--phase2-epochs", "3", "--out", str(out), "--keep-outliers",
                              *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -53,32 +53,39 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_
     state = latest_checkpoint(out)
     assert not (out / "weights.npz").exists()
 
-    # as a checkpoint of an older train.py, without a setting added since: the preset given supplies it
+    # as a checkpoint of an older train.py: its keys of older names, and without a setting added since,
+    # which the preset given supplies. Its phase 2 of 2 epochs, not the 3 given now, shows that its config rules
     state_file = out / "checkpoint" / json.loads((out / "checkpoint" / "latest.json").read_text())["folder"] / "state.json"
     older = json.loads(state_file.read_text())
     del older["config"]["balance_classes"]
+    for old, new in train.RENAMED.items():
+        older["config"][old] = older["config"].pop(new)
+    older["config"]["epochs_finetune"] = 2
     state_file.write_text(json.dumps(older))
 
     refused = run_train(learnable_npz, out)
     message = refused.communicate()[0]
-    assert refused.returncode != 0 and "RESUME=1" in message and "--overwrite" in message
+    assert refused.returncode != 0 and "RESUME=1" in message and "--overwrite" in message and "OVERWRITE=1" in message
 
     resumed = run_train(learnable_npz, out, "--resume")
     log = resumed.communicate()[0]
     assert resumed.returncode == 0, log[-3000:]
-    assert f"resuming from phase {state['phase']} epoch {state['epoch']}" in log
-    assert "the checkpoint predates balance_classes" in log
+    assert f"resuming from phase 1 epoch {state['epoch']}" in log
+    assert "the checkpoint predates balance_classes:" in log  # the only one: the old names were understood
+    assert "phase1_epochs: 3" in log and "focal_gamma" not in log  # the start lists what differs from the preset
+    assert f"make submission WEIGHTS={out}" in log  # what to run next
     with open(out / "history.csv") as f:
         history = list(csv.DictReader(f))
     assert history[:len(state["history"])] == [{k: str(v) for k, v in row.items()} for row in state["history"]]
-    for phase in ("head", "finetune"):  # every epoch once, in order, up to where early stopping says
+    for phase, epochs in (("head", 3), ("finetune", 2)):  # every epoch once, in order, up to where early stopping says
         rows = [row for row in history if row["phase"] == phase]
         assert [int(row["epoch"]) for row in rows] == list(range(1, len(rows) + 1))
-        assert len(rows) == epochs_until_early_stop([float(row["val_loss"]) for row in rows], 3,
+        assert len(rows) == epochs_until_early_stop([float(row["val_loss"]) for row in rows], epochs,
                                                     train.PRESETS["tiny"]["patience"])
     split = json.loads((out / "split.json").read_text())
     assert split["holdout"] == state["split"]["holdout"]
     assert split["config"]["balance_classes"] == train.PRESETS["tiny"]["balance_classes"]
+    assert split["config"]["phase2_epochs"] == 2 and "epochs_finetune" not in split["config"]
     assert not (out / "checkpoint").exists()
     model.Model(out)  # the finished weights load
 
@@ -178,42 +185,49 @@ class RawWeights(keras.callbacks.Callback):
         self.steps.append([w.numpy() for w in self.model.trainable_weights])
 
 
-def test_weight_averaging_is_validated_kept_and_resumed_with_the_weights_in_training(tmp_path):
-    momentum, steps_per_epoch = 0.8, 4
-    config = {**train.PRESETS["tiny"], "ema_momentum": momentum, "patience": 10}
-    def compiled():
-        network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.Rescaling(1 / 255),
-                                    keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(8, activation="softmax")])
-        train.compile_network(network, 1e-2, config, [1.0] * 8)
-        return network
-    rng = np.random.default_rng(0)
-    ds = augment.make_dataset(rng.integers(0, 256, (16 * steps_per_epoch, 96, 96, 3), dtype=np.uint8),
-                            rng.integers(0, 8, 16 * steps_per_epoch), 16)
-    def phase(folder, *follow):
-        network, raw = compiled(), RawWeights()
-        checkpoint = Checkpoint(folder)
-        checkpoint.state = {"phase": "head", "epoch": 0, "history": [], "callbacks": {}}
-        try:
-            run_phase(network, 3, ds, ds, checkpoint, config, follow=[raw, *follow])
-        except Killed:
-            pass
-        averages, average = [], raw.steps[0]  # Keras' first step copies the weights
-        for step in raw.steps:
-            average = [momentum * a + (1 - momentum) * w for a, w in zip(average, step)]
-            averages.append(average)
-        return network, checkpoint, raw.steps, averages
+MOMENTUM, STEPS_PER_EPOCH = 0.8, 4
+AVERAGING = {**train.PRESETS["tiny"], "ema_momentum": MOMENTUM, "patience": 10}
 
-    network, checkpoint, steps, averages = phase(tmp_path / "whole")
+
+def averaging_network():
+    network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.Rescaling(1 / 255),
+                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(8, activation="softmax")])
+    train.compile_network(network, 1e-2, AVERAGING, [1.0] * 8)
+    return network
+
+
+def averaging_phase(folder, *follow):
+    """run_phase of 3 epochs with weight averaging; returns the network, the checkpoint, the weights in
+    training after every step and their average, computed here."""
+    rng = np.random.default_rng(0)
+    ds = augment.make_dataset(rng.integers(0, 256, (16 * STEPS_PER_EPOCH, 96, 96, 3), dtype=np.uint8),
+                              rng.integers(0, 8, 16 * STEPS_PER_EPOCH), 16)
+    network, raw = averaging_network(), RawWeights()
+    checkpoint = Checkpoint(folder)
+    checkpoint.state = {"phase": "head", "epoch": 0, "history": [], "callbacks": {}}
+    try:
+        run_phase(network, 3, ds, ds, checkpoint, AVERAGING, follow=[raw, *follow])
+    except Killed:
+        pass
+    averages, average = [], raw.steps[0]  # Keras' first step copies the weights
+    for step in raw.steps:
+        average = [MOMENTUM * a + (1 - MOMENTUM) * w for a, w in zip(average, step)]
+        averages.append(average)
+    return network, checkpoint, raw.steps, averages, ds
+
+
+def test_weight_averaging_validates_and_keeps_the_best_average(tmp_path):
+    network, checkpoint, steps, averages, ds = averaging_phase(tmp_path / "whole")
     best = int(checkpoint.state["callbacks"]["early_stopping"]["best_epoch"])
-    kept = averages[(best + 1) * steps_per_epoch - 1]
-    for weight, expected, trained in zip(network.trainable_weights, kept, steps[(best + 1) * steps_per_epoch - 1]):
+    kept = averages[(best + 1) * STEPS_PER_EPOCH - 1]
+    for weight, expected, trained in zip(network.trainable_weights, kept, steps[(best + 1) * STEPS_PER_EPOCH - 1]):
         np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-4, atol=1e-6)  # the phase ends with the average
         assert not np.allclose(expected, trained, rtol=1e-3)  # which is not the weights in training
     assert network.evaluate(ds, verbose=0)[0] == pytest.approx(checkpoint.state["history"][best]["val_loss"], rel=1e-5)
 
     checkpoint.state.update(phase="finetune", epoch=0)  # the next phase starts its average from its first weights
     checkpoint.save(network)
-    following = compiled()
+    following = averaging_network()
     reloaded = Checkpoint(tmp_path / "whole")
     reloaded.load()
     reloaded.restore(following)
@@ -221,12 +235,14 @@ def test_weight_averaging_is_validated_kept_and_resumed_with_the_weights_in_trai
         np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(average.numpy(), weight.numpy())
 
+
+def test_weight_averaging_resumes_with_the_weights_in_training(tmp_path):
     def die(epoch, logs=None):
         if epoch == 1:
             raise Killed()
-    _, _, steps, averages = phase(tmp_path / "killed", keras.callbacks.LambdaCallback(on_epoch_begin=die))
-    assert len(steps) == steps_per_epoch  # killed after the first epoch's checkpoint
-    resumed = compiled()  # training goes on from the weights in training, averaging from the average
+    _, _, steps, averages, _ = averaging_phase(tmp_path / "killed", keras.callbacks.LambdaCallback(on_epoch_begin=die))
+    assert len(steps) == STEPS_PER_EPOCH  # killed after the first epoch's checkpoint
+    resumed = averaging_network()  # training goes on from the weights in training, averaging from the average
     reloaded = Checkpoint(tmp_path / "killed")
     reloaded.load()
     reloaded.restore(resumed)
@@ -272,7 +288,7 @@ def test_editing_the_code_while_it_trains_does_not_break_the_run(learnable_npz, 
     out = tmp_path / "weights"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = subprocess.Popen([sys.executable, str(code / "train.py"), "--data", str(learnable_npz), "--preset", "tiny",
-                            "--epochs-head", "3", "--epochs-finetune", "2", "--corrupt-p", "0.5", "--out", str(out), "--keep-outliers"],
+                            "--phase1-epochs", "3", "--phase2-epochs", "2", "--corrupt-p", "0.5", "--out", str(out), "--keep-outliers"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     while run.poll() is None and not latest_checkpoint(out):  # phase 1 trains
         time.sleep(0.2)

@@ -19,10 +19,10 @@ from conftest import ROOT, learnable_images
 
 def test_focal_loss_matches_a_hand_computation():
     labels = np.array([0] * 6 + [1] * 3 + [2] * 1 + list(range(3, 8)) * 2)
-    alpha = train.focal_alpha(labels)
+    alpha = train.class_weights(labels)
     counts = np.bincount(labels, minlength=8)
     np.testing.assert_allclose(alpha, len(labels) / (8 * counts))  # rarer class, larger weight
-    assert train.focal_alpha(labels, balanced=False) == [1.0] * 8  # --no-balance-classes: every image alike
+    assert train.class_weights(labels, balanced=False) == [1.0] * 8  # --no-balance-classes: every image alike
 
     network = keras.Sequential([keras.Input((8,)), keras.layers.Softmax()])
     train.compile_network(network, 1e-4, train.PRESETS["seed"], alpha)
@@ -35,7 +35,7 @@ def test_focal_loss_matches_a_hand_computation():
     assert float(network.loss(y, p)) == pytest.approx(by_hand, rel=1e-5)
 
 
-def test_weight_decay_shrinks_the_kernels_and_spares_batchnorm_and_biases():
+def test_weight_decay_shrinks_the_kernels_only():
     network = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(5, 3), keras.layers.BatchNormalization(),
                                 keras.layers.Flatten(), keras.layers.Dense(8)])
     lr, decay = 0.1, 0.5
@@ -66,21 +66,29 @@ def test_unfreezing_trains_exactly_the_top_layers_and_never_batchnorm():
     assert network.get_layer("probabilities").trainable
 
 
-def test_held_out_split_is_stratified_disjoint_and_reproducible():
+def split_of_eight_classes(seed):
     labels = np.repeat(np.arange(8), [85, 218, 108, 202, 84, 99, 233, 164])
     images = np.zeros((len(labels), 96, 96, 3), np.uint8)
-    config = dict(train.PRESETS["seed"])
-    a = train.split_data(images, labels, config, seed=1, keep_outliers=True)[:3]
-    b = train.split_data(images, labels, config, seed=1, keep_outliers=True)[:3]
-    c = train.split_data(images, labels, config, seed=2, keep_outliers=True)[:3]
+    return labels, train.split_data(images, labels, train.PRESETS["seed"], seed=seed, keep_outliers=True)[:3]
+
+
+def test_held_out_split_is_reproducible_for_a_seed():
+    (_, a), (_, b), (_, c) = split_of_eight_classes(1), split_of_eight_classes(1), split_of_eight_classes(2)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a[2], c[2])
-    train_idx, val_idx, holdout = a
+
+
+def test_held_out_images_are_neither_trained_on_nor_validated_on():
+    labels, (train_idx, val_idx, holdout) = split_of_eight_classes(1)
     assert len(np.intersect1d(train_idx, holdout)) == len(np.intersect1d(val_idx, holdout)) == 0
     assert len(np.intersect1d(train_idx, val_idx)) == 0
     assert len(train_idx) + len(val_idx) + len(holdout) == len(labels)
-    expected = np.bincount(labels) * config["holdout"]
+
+
+def test_held_out_split_keeps_each_class_share():
+    labels, (_, _, holdout) = split_of_eight_classes(1)
+    expected = np.bincount(labels) * train.PRESETS["seed"]["holdout"]
     assert np.all(np.abs(np.bincount(labels[holdout], minlength=8) - expected) <= 1)
 
 
@@ -103,14 +111,82 @@ def test_data_errors_name_the_problem(tmp_path):
             data.validate(images, labels)
 
 
-def test_offline_imagenet_download_names_the_offline_options(monkeypatch):
-    def no_network(*args, **kwargs):
-        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+def no_network(*args, **kwargs):
+    raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+
+def test_offline_imagenet_download_points_to_the_cpu_preset(monkeypatch):
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
     config = {**train.PRESETS["tiny"], "backbone_weights": "imagenet"}
-    with pytest.raises(SystemExit, match="--backbone-weights none") as error:
+    with pytest.raises(SystemExit, match="make train PRESET=cpu") as error:
         train.create_network(config)
-    assert "local" in str(error.value)
+    assert "--backbone-weights none" in str(error.value) and "local" in str(error.value)
+
+
+def test_offline_advice_keeps_the_users_preset_and_flags(monkeypatch):
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
+    args, config = train.parse_args(["--preset", "tiny", "--out", "runs/a", "--backbone-weights", "imagenet",
+                                     "--phase1-epochs", "3", "--no-balance-classes"])
+    with pytest.raises(SystemExit) as error:
+        train.create_network(config, args.command)
+    commands = [line.split("#")[0].strip() for line in str(error.value).splitlines()]
+    assert 'make train PRESET=tiny WEIGHTS=runs/a ARGS="--phase1-epochs 3 --no-balance-classes --backbone-weights none"' in commands
+    assert "make train PRESET=cpu WEIGHTS=runs/a" in commands
+
+
+def test_the_backbone_weights_fail_before_the_data_is_read(monkeypatch, tmp_path):
+    absent_data = tmp_path / "absent.npz"  # were the data read first, its error would come first
+    with pytest.raises(SystemExit, match="absent.h5: no such file"):
+        train.train({**train.PRESETS["tiny"], "backbone_weights": str(tmp_path / "absent.h5")}, absent_data, tmp_path / "out")
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
+    with pytest.raises(SystemExit, match="could not download"):
+        train.train({**train.PRESETS["tiny"], "backbone_weights": "imagenet"}, absent_data, tmp_path / "out")
+
+
+def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
+    out = tmp_path / "weights"
+    out.mkdir()
+    (out / "weights.npz").write_bytes(b"45 minutes of training")
+    args, config = train.parse_args(["--preset", "tiny", "--out", str(out)])
+    with pytest.raises(SystemExit) as error:
+        train.train(config, tmp_path / "absent.npz", out, command=args.command)  # refused before the data is read
+    assert f"WEIGHTS={out}-2" in str(error.value) and "OVERWRITE=1" in str(error.value) and "--overwrite" in str(error.value)
+    assert (out / "weights.npz").read_bytes() == b"45 minutes of training"
+    with pytest.raises(data.DataError):  # --overwrite goes on, to the data
+        train.train(config, tmp_path / "absent.npz", out, overwrite=True, command=args.command)
+
+
+def test_a_large_network_without_a_gpu_gets_one_line_of_advice(monkeypatch):
+    network = model.build_network("MobileNetV3Small")
+    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: [])
+    assert train.gpu_advice(network) is None  # small enough for a CPU
+    monkeypatch.setattr(train, "LARGE", network.count_params() - 1)
+    advice = train.gpu_advice(network)
+    assert "no GPU" in advice and "tensorflow[and-cuda]==2.17.0" in advice and "make train PRESET=cpu" in advice
+    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: ["a GPU"])
+    assert train.gpu_advice(network) is None
+
+
+def test_the_epoch_clock_says_once_how_long_an_epoch_takes(monkeypatch, capsys):
+    now = iter([100.0, 160.0])  # five steps after the first take a minute
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(now))
+    clock = train.EpochClock(steps_per_epoch=50, steps=5)
+    for batch in range(12):
+        clock.on_train_batch_end(batch)
+    out = capsys.readouterr().out
+    assert out.count("an epoch takes about 10 minutes (50 steps)") == 1 and "PRESET=cpu" in out
+
+
+def test_importing_tensorflow_drops_the_cuda_plugin_lines():
+    run = subprocess.run([sys.executable, "-c", "import data"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "Unable to register" not in run.stderr
+
+
+def test_the_cuda_plugin_filter_lets_every_other_line_through(capfd):
+    noise = (b"E0000 cuda_dnn.cc:8454] Unable to register cuDNN factory: Attempting to register factory for plugin "
+             b"cuDNN when one has already been registered\n")
+    assert data.without_cuda_plugin_noise(lambda: os.write(2, b"a real error\n" + noise + b"another\n") and 7) == 7
+    assert capfd.readouterr().err == "a real error\nanother\n"
 
 
 def test_a_width_or_a_backbone_without_imagenet_weights_says_to_train_from_scratch(monkeypatch):
@@ -155,7 +231,7 @@ def test_a_random_start_gives_batchnorm_statistics_that_keep_up(tmp_path):
 
 @pytest.mark.slow
 def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_path, monkeypatch):
-    config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1, "mix": "cutmix"}
+    config = {**train.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 1, "phase2_epochs": 1, "mix": "cutmix"}
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     mixes, make_dataset = [], augment.make_dataset  # each pipeline's mix: both phases' train with CutMix
     monkeypatch.setattr(train, "make_dataset", lambda *args: mixes.append(args[5:]) or make_dataset(*args))
@@ -171,7 +247,7 @@ def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_pat
 
 @pytest.mark.slow
 def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_its_weights(learnable_npz, tmp_path, monkeypatch):
-    config = {**train.PRESETS["tiny"], "max_images": 96, "epochs_head": 1, "epochs_finetune": 1, "head_input_size": 48}
+    config = {**train.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 1, "phase2_epochs": 1, "phase1_input_size": 48}
     seen = []  # per phase: the size the backbone sees, the weights it starts from and ends with
     real_run_phase = train.run_phase
     def run_phase(network, *args, **kwargs):
@@ -195,6 +271,26 @@ def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_it
     assert model.Model(tmp_path, tta=False).predict(learnable_images(4)[0]).shape == (4,)
 
 
+@pytest.mark.slow
+def test_a_phase_of_zero_epochs_is_skipped(learnable_npz, tmp_path):
+    config = {**train.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 0, "phase2_epochs": 1}
+    rows = train.train(config, learnable_npz, tmp_path, keep_outliers=True)  # phase 2 on a fresh AdamW
+    assert [r["phase"] for r in rows] == ["finetune"]
+    assert model.Model(tmp_path, tta=False).predict(learnable_images(2)[0]).shape == (2,)
+
+
+@pytest.mark.slow
+def test_zero_epochs_of_both_phases_write_the_untrained_network(learnable_npz, tmp_path):
+    config = {**train.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 0, "phase2_epochs": 0}
+    keras.utils.set_random_seed(4)
+    untrained = train.create_network(config)
+    assert train.train(config, learnable_npz, tmp_path, seed=4, keep_outliers=True) == []
+    saved, _ = model.load_network(tmp_path / "weights.npz")
+    for a, b in zip(untrained.get_weights(), saved.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)  # float16 storage, at most
+    assert (tmp_path / "history.csv").read_text().splitlines() == ["phase,epoch"]
+
+
 def test_the_same_seed_gives_the_same_cleaning_and_split():
     images, labels = learnable_images(480)
     images[::40] = images[7]  # a picture pasted twelve times under several labels: cleaning has work to do
@@ -208,27 +304,67 @@ def test_the_same_seed_gives_the_same_cleaning_and_split():
 
 def test_command_line_options_change_only_their_own_preset_values():
     _, config = train.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--width", "0.75",
-                                  "--input-size", "80", "--epochs-head", "3", "--clean-share", "0.25", "--corrupt-p", "0.3"])
+                                  "--input-size", "80", "--phase1-epochs", "3", "--clean-share", "0.25", "--corrupt-p", "0.3"])
     changed = {key for key in config if config[key] != train.PRESETS["cpu"][key]}
-    assert changed == {"backbone", "width", "input_size", "epochs_head", "clean_share", "corrupt_p"}
-    assert (config["backbone"], config["width"], config["input_size"], config["epochs_head"]) == ("MobileNetV3Large", 0.75, 80, 3)
+    assert changed == {"backbone", "width", "input_size", "phase1_epochs", "clean_share", "corrupt_p"}
+    assert (config["backbone"], config["width"], config["input_size"], config["phase1_epochs"]) == ("MobileNetV3Large", 0.75, 80, 3)
     assert (config["clean_share"], config["corrupt_p"]) == (0.25, (0.0, 0.3))  # --corrupt-p: phase 2's share
     falling = train.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
     assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
-    assert train.parse_args(["--preset", "cpu", "--head-input-size", "48"])[1]["head_input_size"] == 48
-    loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--lr-head", "4e-3", "--label-smoothing", "0",
+    assert train.parse_args(["--preset", "cpu", "--phase1-input-size", "48"])[1]["phase1_input_size"] == 48
+    loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--learning-rate", "4e-3", "--label-smoothing", "0",
                                       "--weight-decay", "0.05", "--ema-momentum", "0.998"])[1]
-    assert (loss_and_rate["focal_gamma"], loss_and_rate["lr_head"], loss_and_rate["label_smoothing"],
+    assert (loss_and_rate["focal_gamma"], loss_and_rate["learning_rate"], loss_and_rate["label_smoothing"],
             loss_and_rate["weight_decay"], loss_and_rate["ema_momentum"]) == (1.5, 4e-3, 0.0, 0.05, 0.998)
     assert train.PRESETS["cpu"]["balance_classes"] and not train.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
-    for refused in (["--width", "0"], ["--input-size", "16"], ["--head-input-size", "16"], ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"],  # too small; not shares
-                    ["--clean-share", "0.5", "0.2", "0"], ["--corrupt-p", "-0.1"],  # a line needs two ends, no more
-                    ["--lr-head", "0"], ["--focal-gamma", "-1"],  # no rate; no focal loss
-                    ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],  # no label left; not a share
-                    ["--weight-decay", "-1e-4"],  # a decay that grows the weights
-                    ["--ema-momentum", "1"], ["--ema-momentum", "-0.1"]):  # an average that never moves; not a momentum
-        with pytest.raises(SystemExit):
-            train.parse_args(["--preset", "cpu", *refused])
+
+
+def test_every_flag_sets_the_preset_key_it_is_named_after():
+    for key in train.FLAGS:
+        assert key in train.BASE or key in train.FINE_TUNING, key
+    _, config = train.parse_args(["--preset", "seed", "--phase2-epochs", "4", "--unfreeze", "20", "--batch-size", "8"])
+    assert (config["phase2_epochs"], config["unfreeze"], config["batch_size"]) == (4, 20, 8)
+
+
+def test_the_flags_of_older_versions_still_work():
+    _, config = train.parse_args(["--preset", "cpu", "--epochs-head", "3", "--epochs-finetune", "4", "--lr-head", "1e-3",
+                                  "--head-input-size", "48"])
+    assert (config["phase1_epochs"], config["phase2_epochs"], config["learning_rate"], config["phase1_input_size"]) == (3, 4, 1e-3, 48)
+    assert not {"epochs_head", "epochs_finetune", "lr_head", "head_input_size"} & set(config)
+
+
+def test_presets_carry_only_the_keys_they_use():
+    assert set(train.PRESETS["seed"]) == set(train.BASE) | set(train.FINE_TUNING)
+    for name in ("tiny", "cpu"):  # from random weights: nothing to fine-tune
+        assert train.PRESETS[name]["backbone_weights"] == "none" and set(train.PRESETS[name]) == set(train.BASE)
+
+
+@pytest.mark.parametrize("refused", [
+    ["--width", "0"], ["--input-size", "16"], ["--phase1-input-size", "16"], ["--head-input-size", "16"],  # too small
+    ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"], ["--corrupt-p", "-0.1"],  # not shares
+    ["--clean-share", "0.5", "0.2", "0"],  # a line needs two ends, no more
+    ["--learning-rate", "0"], ["--lr-head", "0"], ["--learning-rate", "nan"], ["--focal-gamma", "-1"],  # no rate; no focal loss
+    ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],  # no label left; not a share
+    ["--weight-decay", "-1e-4"],  # a decay that grows the weights
+    ["--ema-momentum", "1"], ["--ema-momentum", "-0.1"],  # an average that never moves; not a momentum
+    ["--phase1-epochs", "-1"], ["--phase2-epochs", "-2"], ["--epochs-head", "-1"], ["--unfreeze", "-1"],  # no negative counts
+    ["--batch-size", "0"], ["--phase1-epochs", "1.5"],  # no empty batch; not a count
+])
+def test_out_of_range_values_are_refused_naming_the_flag(refused, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "cpu", *refused])
+    assert refused[0] in capsys.readouterr().err
+
+
+def test_help_shows_each_presets_purpose_and_every_default(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, about in train.ABOUT.items():
+        assert f"{name} {about}" in text
+    assert "(seed 20, tiny 8, cpu 36)" in text and "(default: weights)" in text
+    phase1 = text.rsplit("--phase1-epochs N", 1)[1].split("--phase2-epochs")[0]
+    assert "random weights: the whole network" in phase1  # frozen only where a pretrained backbone is
 
 
 def spared(batch, originals):
@@ -238,18 +374,21 @@ def spared(batch, originals):
     return np.abs(pixels(batch) - pixels(originals)).max(axis=1) < 1e-3
 
 
-def test_test_set_like_corruptions_keep_shape_and_range_and_run_in_the_pipeline():
+def test_test_set_like_corruptions_keep_shape_and_range_in_the_pipeline():
     images, labels = learnable_images(64)
-    corrupt = augment.make_augment(train.PRESETS["tiny"], seed=0, corrupt_p=0.5)
-    batch = next(iter(augment.make_dataset(images, labels, 64, corrupt)))[0].numpy()
+    augment_fn = augment.make_augment(train.PRESETS["tiny"], seed=0, corrupt_p=0.5)
+    batch = next(iter(augment.make_dataset(images, labels, 64, augment_fn)))[0].numpy()
     assert batch.shape == images.shape and batch.dtype == np.float32
     assert batch.min() >= 0 and batch.max() <= 255
-    plain = tf.constant(images[:32], tf.float32)
-    corrupted = augment.corrupt_like_a_test_set(plain, 1.0).numpy()
-    changed = np.abs(corrupted - images[:32]).mean(axis=(1, 2, 3))
-    assert (changed > 5).all()  # every image altered when p = 1
+
+
+def test_corruptions_alter_every_image_at_p_1_and_only_rearrange_pixels_at_p_0():
+    images = learnable_images(32)[0]
+    plain = tf.constant(images, tf.float32)
+    changed = np.abs(augment.corrupt_like_a_test_set(plain, 1.0).numpy() - images).mean(axis=(1, 2, 3))
+    assert (changed > 5).all()
     # p = 0 leaves only the flips and right-angle rotations: the same pixels, rearranged
-    assert spared(augment.corrupt_like_a_test_set(plain, 0.0).numpy(), images[:32]).all()
+    assert spared(augment.corrupt_like_a_test_set(plain, 0.0).numpy(), images).all()
 
 
 def test_a_clean_share_of_the_images_is_spared_every_corruption():
@@ -261,7 +400,7 @@ def test_a_clean_share_of_the_images_is_spared_every_corruption():
 
 
 def test_a_falling_clean_share_reaches_the_pipeline_at_each_epochs_start():
-    config = {**train.PRESETS["cpu"], "epochs_finetune": 5, "clean_share": [0.8, 0.0]}  # a list, as JSON gives it back
+    config = {**train.PRESETS["cpu"], "phase2_epochs": 5, "clean_share": [0.8, 0.0]}  # a list, as JSON gives it back
     assert [round(augment.clean_share_at(config, e), 6) for e in range(6)] == [0.8, 0.6, 0.4, 0.2, 0.0, 0.0]
     assert augment.clean_share_at({**config, "clean_share": 0.3}, 4) == 0.3  # one number: the same throughout
     images, labels = learnable_images(1)
@@ -311,30 +450,18 @@ def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouch
 
 def test_schedules_warm_up_for_one_epoch_then_decay_or_restart():
     steps = 10
-    config = {**train.PRESETS["cpu"], "epochs_head": 2, "epochs_finetune": 3}
+    config = {**train.PRESETS["cpu"], "phase1_epochs": 2, "phase2_epochs": 3}
     from_scratch = train.from_scratch_schedule(config, steps)  # one curve over both phases' 5 epochs
     rates = [float(from_scratch(step)) for step in range(5 * steps + 1)]
-    peak = config["lr_head"]
+    peak = config["learning_rate"]
     assert rates[0] == pytest.approx(peak / 100)  # not a full-size first step on fresh AdamW moments
     assert all(a < b for a, b in pairwise(rates[:steps + 1])) and rates[steps] == pytest.approx(peak)
     assert all(a > b for a, b in pairwise(rates[steps:])) and rates[-1] < peak / 1000
-    one_decay = train.finetune_schedule(config, steps)  # pretrained, restart_epochs None: over phase 2 alone
-    top = config["lr_finetune"]
+    one_decay = train.finetune_schedule({**config, **train.FINE_TUNING, "restart_epochs": None}, steps)  # over phase 2 alone
+    top = train.FINE_TUNING["phase2_learning_rate"]
     assert [float(one_decay(step)) for step in (0, steps)] == pytest.approx([top / 100, top])
     assert float(one_decay(3 * steps)) < top / 1000
     restarts = train.finetune_schedule(train.PRESETS["seed"], steps)  # restart_epochs 5: back to the top at epoch 5
-    top = train.PRESETS["seed"]["lr_finetune"]
+    top = train.PRESETS["seed"]["phase2_learning_rate"]
     assert float(restarts(0)) == pytest.approx(top) and float(restarts(5 * steps - 1)) < top / 10
     assert float(restarts(5 * steps)) == pytest.approx(top)
-
-
-def test_importing_tensorflow_drops_the_cuda_plugin_lines():
-    run = subprocess.run([sys.executable, "-c", "import data"], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0 and "Unable to register" not in run.stderr
-
-
-def test_the_cuda_plugin_filter_lets_every_other_line_through(capfd):
-    noise = (b"E0000 cuda_dnn.cc:8454] Unable to register cuDNN factory: Attempting to register factory for plugin "
-             b"cuDNN when one has already been registered\n")
-    assert data.without_cuda_plugin_noise(lambda: os.write(2, b"a real error\n" + noise + b"another\n") and 7) == 7
-    assert capfd.readouterr().err == "a real error\nanother\n"
