@@ -382,6 +382,7 @@ def save_history(rows, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     step = np.arange(1, len(rows) + 1)
     phase1_epochs = sum(r["phase"] == "head" for r in rows)
@@ -389,11 +390,11 @@ def save_history(rows, out):
         for prefix, style in (("", "-"), ("val_", "--")):
             ax.plot(step, [r.get(prefix + metric, np.nan) for r in rows], style, label=prefix + metric)
         if 0 < phase1_epochs < len(rows):
-            ax.axvline(phase1_epochs + 0.5, color="grey", lw=0.8)
-            ax.text(phase1_epochs + 0.6, ax.get_ylim()[1], " phase 2", va="top", color="grey")
+            ax.axvline(phase1_epochs + 0.5, color="grey", lw=0.8, label="phase 2 begins")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch (both phases)")
         ax.set_title(metric)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)  # below, off the curves
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)  # below, off the curves
     fig.tight_layout()
     data.save_figure(fig, out / "history.png")
 
@@ -420,7 +421,7 @@ class Command:
         return self.make("train", kept + [f"{k} {v}" for k, v in (flags or {}).items()], **{**self.variables, **variables})
 
     def then(self, target):
-        return self.make(target, DATA=self.variables["DATA"], WEIGHTS=self.variables["WEIGHTS"])
+        return self.make(target, WEIGHTS=self.variables["WEIGHTS"], DATA=self.variables["DATA"])
 
 
 def without(argv, names):

@@ -58,6 +58,7 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_
     state_file = out / "checkpoint" / json.loads((out / "checkpoint" / "latest.json").read_text())["folder"] / "state.json"
     older = json.loads(state_file.read_text())
     del older["config"]["balance_classes"]
+    older["config"].update(phase2_learning_rate=1e-3, restart_epochs=2, unfreeze=1000, plateau_patience=2)  # tiny had them
     for old, new in train.RENAMED.items():
         older["config"][old] = older["config"].pop(new)
     older["config"]["epochs_finetune"] = 2
