@@ -1,6 +1,7 @@
 """The challenge's training file: load it with clear errors, and split it reproducibly.
 
-Light on purpose (numpy and scikit-learn only) so every tool can import it quickly.
+Every tool imports it first: it brings in TensorFlow (model.py holds the image size and the
+classes) without the CUDA plugins' noise.
 """
 import hashlib
 import json

@@ -53,7 +53,7 @@ PRESETS = {
     # A CPU's hour is bound by memory speed: a small dense ResNet-10 (model.py) given many epochs gained more
     # than larger networks. It underfits, so what lets it fit more gained: cross-entropy, a high peak rate.
     # Phase 1 learns the cells at 64 px on RandAugment alone (a random network does not start learning
-    # under the corruptions); phase 2 adds them at 96 px. The runs behind it: experiments/ (the road to the cpu preset).
+    # under the corruptions); phase 2 adds them at 96 px. The runs behind it: experiments/2026-11-26-cpu-preset.md
     "cpu": {**BASE, "backbone": "ResNet10", "backbone_weights": "none", "phase1_input_size": 64, "dropout": 0.2,
             "batch_size": 64, "augment_ops": 2, "augment_magnitude": 0.3, "corrupt_p": (0.0, 0.2),
             "focal_gamma": 0.0, "label_smoothing": 0.1, "weight_decay": 0.05,
