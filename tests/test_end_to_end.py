@@ -28,7 +28,8 @@ def test_a_fresh_clone_is_told_how_to_get_the_data_and_make_data_builds_it(tmp_p
     with pytest.raises(data.DataError, match="`make data`"):
         data.load_training_set(tmp_path / "absent.npz")
     target = tmp_path / "new" / "set.npz"
-    plan = make("-n", "data", f"DATA={target}")  # -n: print the commands, run none
+    # -n: print the commands, run none; -W: as if requirements.txt had changed, so the plan shows .venv made first
+    plan = make("-n", "-W", "requirements.txt", "data", f"DATA={target}")
     assert f"mkdir -p {target.parent}/" in plan  # the folder is made first
     build = f".venv/bin/python ../shared/data/build_training_set.py {target}.tmp.npz"  # the project's python
     assert build in plan and plan.index(build) > plan.index("pip install")  # after .venv is ready
