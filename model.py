@@ -19,9 +19,8 @@ IMAGE_SIZE = 96  # the challenge's images are 96x96 RGB, values in [0, 255]
 WEIGHTS_GLOB = "weights*.npz"  # every matching file beside model.py is one network; several are averaged
 BATCH_SIZE = 64  # images through the network at once (views included): a few GB even for EfficientNetV2L
 # Test-time augmentation: average the eight flips and right-angle rotations (cells have no
-# orientation). On: it gained 0.3-2.4 points clean and 0.8-2.7 over the corruption suite on all
-# twenty-eight networks measured (BENCHMARKS.md), for eight times the predict time. Set False for a
-# faster bundle.
+# orientation). On: it gained clean and corrupted accuracy on the networks measured (the project's
+# BENCHMARKS.md), for eight times the predict time. Set False for a faster bundle.
 TEST_TIME_AUGMENTATION = True
 
 # the backbones we know: keras.applications networks, each with the module that holds its own
@@ -42,10 +41,9 @@ BACKBONES = {
 def resnet10(input_shape, widths=(32, 64, 128, 256)):
     """A ResNet-10 for training from scratch: a 4x4 stride-4 patch stem, then four stages of one
     basic block (two 3x3 convolutions beside a shortcut), each after the first halving the size
-    and doubling the channels. Its convolutions are dense where MobileNetV3's are depthwise, so it
-    might make other errors (it mostly does not: BENCHMARKS.md). The patch stem starts the first
-    stage at 24 px, which keeps an epoch about as fast as MobileNetV3Small's on an AMD CPU
-    without AVX-512, and twice as fast on an Intel one with it."""
+    and doubling the channels. Its convolutions are dense, which keeps a CPU's vector units busier
+    than MobileNetV3's depthwise ones; the patch stem starts the first stage at 24 px, which keeps
+    an epoch cheap."""
     layers = keras.layers
     inputs = keras.Input(input_shape)
     x = layers.Conv2D(widths[0], 4, strides=4, use_bias=False, name="stem_conv")(inputs)
@@ -180,7 +178,7 @@ def compiled_forward(network, tta):
     """The network as one traced graph for float batches, averaged over the eight views when tta.
 
     The views go through the network as one batch: a single copy of the network in the graph
-    traces in seconds, where eight copies took about a minute for EfficientNetV2B0."""
+    traces in seconds, where eight copies take minutes for a large backbone."""
     @tf.function(input_signature=[tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)])
     def forward(x):
         if not tta:
