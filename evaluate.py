@@ -175,8 +175,9 @@ def _directions(images, rng):
     return np.stack([np.cos(angle), np.sin(angle)], axis=1)
 
 
-_GRID = np.stack(np.mgrid[:96, :96], axis=-1).astype(np.float32)  # (96, 96, 2): each pixel's (y, x)
-_CENTRE = (96 - 1) / 2
+SIZE = model.IMAGE_SIZE
+_GRID = np.stack(np.mgrid[:SIZE, :SIZE], axis=-1).astype(np.float32)  # (SIZE, SIZE, 2): each pixel's (y, x)
+_CENTRE = (SIZE - 1) / 2
 
 
 def vignetting(images, severity, rng):
@@ -233,11 +234,11 @@ def stain(images, severity, rng):
 
 
 def _discs(n, rng, count, radius):
-    """(n, 96, 96) float masks of count[i] discs each, at random places, of radii drawn from radius (low, high)."""
-    masks = np.zeros((n, 96, 96), np.float32)
+    """(n, SIZE, SIZE) float masks of count[i] discs each, at random places, of radii drawn from radius (low, high)."""
+    masks = np.zeros((n, SIZE, SIZE), np.float32)
     for i in range(n):
         for _ in range(count):
-            centre, r = rng.uniform(0, 96, 2), rng.uniform(*radius)
+            centre, r = rng.uniform(0, SIZE, 2), rng.uniform(*radius)
             d = np.sqrt(((_GRID - centre) ** 2).sum(-1))
             masks[i] = np.maximum(masks[i], np.clip(r + 0.5 - d, 0, 1))  # one pixel of soft edge
     return masks
@@ -260,7 +261,7 @@ def bubbles(images, severity, rng):
     out = images.astype(np.float32)
     for i in range(len(images)):
         for _ in range(count):
-            centre, r = rng.uniform(10, 86, 2), rng.uniform(10, 22)
+            centre, r = rng.uniform(10, SIZE - 10, 2), rng.uniform(10, 22)
             d = np.sqrt(((_GRID - centre) ** 2).sum(-1))
             inside = np.clip(r - d, 0, 1)[..., None]
             rim = np.exp(-0.5 * ((d - r) / 1.2) ** 2)[..., None]
@@ -278,7 +279,7 @@ def chromatic_aberration(images, severity, rng):
     for i, (dy, dx) in enumerate(_directions(images, rng) * d / 2):
         for channel, sign in ((0, 1), (2, -1)):
             move = np.float32([[1, 0, sign * dx], [0, 1, sign * dy]])
-            out[i, ..., channel] = cv2.warpAffine(images[i, ..., channel], move, (96, 96), flags=cv2.INTER_LINEAR,
+            out[i, ..., channel] = cv2.warpAffine(images[i, ..., channel], move, (SIZE, SIZE), flags=cv2.INTER_LINEAR,
                                                   borderMode=cv2.BORDER_REPLICATE)
     return out
 
@@ -286,10 +287,10 @@ def chromatic_aberration(images, severity, rng):
 def hue_rotation(images, severity, rng):
     # a stain or a camera far off: the colour wheel turned further than training's hue shifts go
     degrees = _level(severity, (90, 135, 180))
-    hsv = cv2.cvtColor(images.reshape(-1, 96, 3), cv2.COLOR_RGB2HSV).reshape(images.shape)  # OpenCV hue: 0..179
+    hsv = cv2.cvtColor(images.reshape(-1, SIZE, 3), cv2.COLOR_RGB2HSV).reshape(images.shape)  # OpenCV hue: 0..179
     turn = np.where(_per_image(images, rng, ()) < 0.5, -1, 1) * degrees // 2
     hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + turn[:, None, None]) % 180).astype(np.uint8)
-    return cv2.cvtColor(hsv.reshape(-1, 96, 3), cv2.COLOR_HSV2RGB).reshape(images.shape)
+    return cv2.cvtColor(hsv.reshape(-1, SIZE, 3), cv2.COLOR_HSV2RGB).reshape(images.shape)
 
 
 def channel_swap(images, severity, rng):
