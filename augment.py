@@ -72,7 +72,7 @@ def corrupt_like_a_test_set(x, p, clean_share=0.0):
     right-angle rotations are applied to every image; each of the rest (hue, saturation,
     grayscale, colour cast, brightness, contrast, blur, noise, pixelation, rotation, zoom, shift,
     occlusion) to its own random share p. Ranges reach past the strongest level of evaluate.py's
-    suite, so its corruptions fall inside what training has seen. A random share clean_share of
+    seen families, which these are; its unseen families must never be added here. A random share clean_share of
     the images is spared them all, so every step also sees clean cells.
     """
     size = x.shape[1]
