@@ -208,11 +208,20 @@ def compile_network(network, learning_rate, config, weights, consistency=0.0):
     # decay only the kernels, as the AdamW recipes do: BatchNorm's scales and offsets and the biases
     # are few, and not what overfits
     optimizer.exclude_from_weight_decay(var_list=[v for v in network.weights if len(v.shape) <= 1])
-    def loss(y_true, y_pred):  # per image
-        focal = keras.losses.categorical_focal_crossentropy(y_true, y_pred, alpha=weights, gamma=config["focal_gamma"],
-                                                            label_smoothing=config["label_smoothing"])
-        return focal + consistency * paired_divergence(y_pred) if consistency else focal
+    focal = dict(alpha=weights, gamma=config["focal_gamma"], label_smoothing=config["label_smoothing"])
+    loss = ConsistentFocalLoss(consistency, **focal) if consistency else keras.losses.CategoricalFocalCrossentropy(**focal)
     network.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+
+class ConsistentFocalLoss(keras.losses.CategoricalFocalCrossentropy):
+    """The focal loss plus consistency times paired_divergence, for batches of paired views."""
+
+    def __init__(self, consistency, **focal):
+        super().__init__(**focal)
+        self.consistency = consistency
+
+    def call(self, y_true, y_pred):
+        return super().call(y_true, y_pred) + self.consistency * paired_divergence(y_pred)
 
 
 def paired_divergence(probabilities):
