@@ -11,11 +11,9 @@ import tensorflow as tf
 from model import NUM_CLASSES
 
 
-def make_dataset(images, labels, batch_size, augment=None, seed=0, mix=None, views=1):
+def make_dataset(images, labels, batch_size, augment=None, seed=0, mix=None):
     """A tf.data pipeline of (float images in [0, 255], one-hot labels); augmented when training,
-    then, given mix (one of MIXES), each batch's images and labels mixed. views=2: each batch of
-    batch_size images goes out twice as long, the second half repeating the first, each copy
-    augmented on its own draws (for train.paired_divergence).
+    then, given mix (one of MIXES), each batch's images and labels mixed.
 
     RandAugment runs here, on batches, never inside the saved network: keras-cv layers break in
     graph mode there and would alter inference.
@@ -23,7 +21,7 @@ def make_dataset(images, labels, batch_size, augment=None, seed=0, mix=None, vie
     ds = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, NUM_CLASSES)))
     if augment is not None:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(tf.concat([x] * views, 0), tf.float32), tf.concat([y] * views, 0)))
+    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if mix is not None:

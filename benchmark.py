@@ -113,20 +113,17 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     minutes, steps = 0.0, n // config["batch_size"]
     for phase, epochs in enumerate((config["phase1_epochs"], config["phase2_epochs"])):
         network = train.create_network({**config, "input_size": sizes[phase], "backbone_weights": "none"})
-        views = train.views(config, phase)  # with consistency, phase 2 sees each image twice: twice the steps an epoch
-        train.compile_network(network, 1e-4, config, train.class_weights(labels), config["consistency"] if views > 1 else 0.0)
+        train.compile_network(network, 1e-4, config, train.class_weights(labels))
         augment = make_augment(config, 0, config["corrupt_p"][phase])
-        dataset = make_dataset(images, labels, config["batch_size"] // views, augment, mix=MIXES[config["mix"]],
-                               views=views).repeat()
+        dataset = make_dataset(images, labels, config["batch_size"], augment, mix=MIXES[config["mix"]]).repeat()
         # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation
         # runs ahead of the training step, on the cycles the step leaves idle; the first epoch traces
         ends = []
         timer = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs, ends=ends: ends.append(time.perf_counter()))
         network.fit(dataset, steps_per_epoch=steps, epochs=repeats + 1, callbacks=[timer], verbose=0)
         rate = steps * config["batch_size"] / float(np.median(np.diff(ends)))
-        minutes += epochs * training_images * views / rate / 60
-        print(f"{name}, phase {phase + 1} (corrupt_p {config['corrupt_p'][phase]}): {rate:.1f} training images/s"
-              + (f" ({views} views of each)" if views > 1 else ""))
+        minutes += epochs * training_images / rate / 60
+        print(f"{name}, phase {phase + 1} (corrupt_p {config['corrupt_p'][phase]}): {rate:.1f} training images/s")
     total_epochs = config["phase1_epochs"] + config["phase2_epochs"]
     print(f"{name}: about {minutes:.0f} minutes for {config['phase1_epochs']} + {config['phase2_epochs']} epochs "
           f"of {training_images:,} images, validation and start-up not included; "

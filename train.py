@@ -39,7 +39,7 @@ from model import BACKBONES, NUM_CLASSES, build_network, load_network, save_netw
 BASE = dict(
     backbone="EfficientNetV2L", width=1.0, backbone_weights="imagenet", input_size=96, phase1_input_size=None, dropout=0.3,
     max_images=None, holdout=0.1, validation=0.1,
-    batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0, mix="none", consistency=0.0,
+    batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0, mix="none",
     focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0,
     phase1_epochs=20, learning_rate=1e-4, phase2_epochs=30, patience=5,
 )
@@ -198,8 +198,7 @@ def unfreeze_top(network, n):
         layer.trainable = i >= len(backbone.layers) - n and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def compile_network(network, learning_rate, config, weights, consistency=0.0):
-    """AdamW on the focal loss; with consistency > 0, plus that weight of the paired views' Jensen-Shannon term."""
+def compile_network(network, learning_rate, config, weights):
     # ema_momentum above 0: AdamW also keeps an exponential moving average of the weights, which
     # validation sees and each phase ends with (run_phase)
     averaging = config["ema_momentum"] > 0
@@ -208,38 +207,18 @@ def compile_network(network, learning_rate, config, weights, consistency=0.0):
     # decay only the kernels, as the AdamW recipes do: BatchNorm's scales and offsets and the biases
     # are few, and not what overfits
     optimizer.exclude_from_weight_decay(var_list=[v for v in network.weights if len(v.shape) <= 1])
-    focal = dict(alpha=weights, gamma=config["focal_gamma"], label_smoothing=config["label_smoothing"])
-    loss = ConsistentFocalLoss(consistency, **focal) if consistency else keras.losses.CategoricalFocalCrossentropy(**focal)
-    network.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    network.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalFocalCrossentropy(alpha=weights, gamma=config["focal_gamma"],
+                                                       label_smoothing=config["label_smoothing"]),
+        metrics=["accuracy"])
 
 
-class ConsistentFocalLoss(keras.losses.CategoricalFocalCrossentropy):
-    """The focal loss plus consistency times paired_divergence, for batches of paired views."""
-
-    def __init__(self, consistency, **focal):
-        super().__init__(**focal)
-        self.consistency = consistency
-
-    def call(self, y_true, y_pred):
-        return super().call(y_true, y_pred) + self.consistency * paired_divergence(y_pred)
-
-
-def paired_divergence(probabilities):
-    """Each image's KL divergence from the mean of its own and its pair's predictions, where a batch
-    holds two views of the same images, the second half pairing the first (make_dataset's views=2).
-    Its mean over the batch is AugMix's Jensen-Shannon consistency term (Hendrycks et al. 2020, eq. 1)
-    for two views; 0 for views the network sees alike, as validation's unaugmented copies are."""
-    p = keras.ops.clip(probabilities, 1e-7, 1.0)
-    partner = keras.ops.roll(p, keras.ops.shape(p)[0] // 2, axis=0)
-    mean = (p + partner) / 2
-    return keras.ops.sum(p * (keras.ops.log(p) - keras.ops.log(mean)), axis=-1)
-
-
-def warm_cosine(peak, steps, warmup_steps):
-    """warmup_steps (an epoch) of linear warm-up from peak / 100 (a fresh AdamW's first steps are its
-    largest), then one cosine decay to zero by the last of steps."""
+def warm_cosine(peak, epochs, steps_per_epoch):
+    """An epoch of linear warm-up from peak / 100 (a fresh AdamW's first steps are its largest),
+    then one cosine decay to zero by the end of the last epoch."""
     return keras.optimizers.schedules.CosineDecay(
-        peak / 100, decay_steps=max(steps - warmup_steps, 1), warmup_target=peak, warmup_steps=warmup_steps)
+        peak / 100, decay_steps=max(epochs - 1, 1) * steps_per_epoch, warmup_target=peak, warmup_steps=steps_per_epoch)
 
 
 def finetune_schedule(config, steps_per_epoch):
@@ -248,15 +227,13 @@ def finetune_schedule(config, steps_per_epoch):
     if config["restart_epochs"]:
         return keras.optimizers.schedules.CosineDecayRestarts(
             config["phase2_learning_rate"], first_decay_steps=config["restart_epochs"] * steps_per_epoch)
-    return warm_cosine(config["phase2_learning_rate"], config["phase2_epochs"] * steps_per_epoch, steps_per_epoch)
+    return warm_cosine(config["phase2_learning_rate"], config["phase2_epochs"], steps_per_epoch)
 
 
-def from_scratch_schedule(config, steps_per_epoch, phase2_steps_per_epoch=None):
+def from_scratch_schedule(config, steps_per_epoch):
     """A random start's learning rate: one warm_cosine from learning_rate over both phases, which share
-    one AdamW, so that phase 2 goes on down the same curve instead of starting again at the top.
-    Phase 2's epochs may have their own steps (twice phase 1's with consistency's paired views)."""
-    steps = config["phase1_epochs"] * steps_per_epoch + config["phase2_epochs"] * (phase2_steps_per_epoch or steps_per_epoch)
-    return warm_cosine(config["learning_rate"], steps, steps_per_epoch)
+    one AdamW, so that phase 2 goes on down the same curve instead of starting again at the top."""
+    return warm_cosine(config["learning_rate"], config["phase1_epochs"] + config["phase2_epochs"], steps_per_epoch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,9 +251,6 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     the backbone's weights) fails before the data's cleaning; command (the user's make train) words the fixes.
     """
     out, command = Path(out), command or Command(out=out)
-    if config.get("consistency") and config.get("mix", "none") != "none":
-        sys.exit(f"--consistency {config['consistency']} with --mix {config['mix']}: mixing would pair each view with "
-                 "another image's. Use one of them (--consistency 0, or --mix none)")
     checkpoint = Checkpoint(out / "checkpoint")
     state = start_or_resume(checkpoint, out, resume, overwrite, command)
     if state:
@@ -306,18 +280,14 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     log(f"{len(train_idx)} training, {len(val_idx)} validation and {len(state['split']['holdout'])} held-out images")
 
     batch_size = config["batch_size"] * strategy.num_replicas_in_sync
-    # with consistency, phase 2's batches hold half as many images, each in two views: as many steps for
-    # half the epochs (the preset halves phase2_epochs to keep the compute)
-    steps_per_epoch, phase2_steps_per_epoch = (int(np.ceil(len(train_idx) / max(batch_size // views(config, phase), 1)))
-                                               for phase in (0, 1))
-    train_sets, val_sets, clean_share = pipelines(config, images, labels, train_idx, val_idx, batch_size, seed)
+    steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
+    train_sets, val_ds, clean_share = pipelines(config, images, labels, train_idx, val_idx, batch_size, seed)
     weights = class_weights(labels[train_idx], config["balance_classes"])
     clock = [EpochClock(steps_per_epoch)] if advice else []
     # a pretrained backbone: phase 1 trains the head on it, frozen, at learning_rate cut on plateaus, and
     # phase 2 its top layers with a new AdamW. A random one has nothing to protect and trains whole
     # from the first step, on one AdamW and one learning-rate curve: phase 2 only adds the corruptions
-    schedule = finetune_schedule(config, phase2_steps_per_epoch) if pretrained else \
-        from_scratch_schedule(config, steps_per_epoch, phase2_steps_per_epoch)
+    schedule = finetune_schedule(config, steps_per_epoch) if pretrained else from_scratch_schedule(config, steps_per_epoch)
 
     if phase == "head":
         with strategy.scope():
@@ -328,7 +298,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
                 checkpoint.restore(network)  # in the scope: AdamW's variables are built here
         plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                                     patience=config["plateau_patience"]) if pretrained else None
-        run_phase(network, config["phase1_epochs"], train_sets[0], val_sets[0], checkpoint, config, plateau, follow=clock)
+        run_phase(network, config["phase1_epochs"], train_sets[0], val_ds, checkpoint, config, plateau, follow=clock)
         state.update(phase="finetune", epoch=0, callbacks={}, stopped=False)
         checkpoint.watched = {}
         checkpoint.save(network, with_optimizer=not pretrained)  # phase 2 starts from here
@@ -337,9 +307,9 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     with strategy.scope():
         if pretrained:
             unfreeze_top(network, config["unfreeze"])
-        compile_network(network, schedule, config, weights, config["consistency"])
+        compile_network(network, schedule, config, weights)
         checkpoint.restore(network)  # from scratch, AdamW's state too: its step count carries the curve on
-    run_phase(network, config["phase2_epochs"], train_sets[1], val_sets[1], checkpoint, config,
+    run_phase(network, config["phase2_epochs"], train_sets[1], val_ds, checkpoint, config,
               follow=[follow_clean_share(config, clean_share), *clock])
 
     # the finished run: weights, split and history renamed into place, then the checkpoint goes
@@ -350,26 +320,16 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     return state["history"]
 
 
-def views(config, phase):
-    """How many views of each image a batch holds: two in phase 2 (1) with consistency, else one."""
-    return 2 if phase == 1 and config.get("consistency") else 1
-
-
 def pipelines(config, images, labels, train_idx, val_idx, batch_size, seed):
-    """Both phases' training and validation pipelines (corrupt_p holds each phase's share of corrupted
-    images; with consistency, phase 2's hold each image twice, validation's unaugmented), and the
-    tf.Variable of phase 2's clean share (phase 1 keeps its first)."""
+    """Both phases' training pipelines (corrupt_p holds each phase's share of corrupted images), the
+    validation pipeline, and the tf.Variable of phase 2's clean share (phase 1 keeps its first)."""
     clean_share = tf.Variable(clean_share_at(config, 0), trainable=False)
-    def sets(phase):
+    def train_ds(phase):
         augment = make_augment(config, seed, config["corrupt_p"][phase], clean_share)
-        n = max(batch_size // views(config, phase), 1)  # distinct images a batch
-        return (make_dataset(images[train_idx], labels[train_idx], n, augment, seed, MIXES[config.get("mix", "none")],
-                             views(config, phase)),
-                make_dataset(images[val_idx], labels[val_idx], n, views=views(config, phase)))
+        return make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed, MIXES[config.get("mix", "none")])
     # Both are traced now: TensorFlow reads a function's source from its file when it first traces
     # it, and phase 2's corruptions, traced later, would read lines an edit had moved.
-    (train1, val1), (train2, val2) = sets(0), sets(1)
-    return [train1, train2], [val1, val2], clean_share
+    return [train_ds(0), train_ds(1)], make_dataset(images[val_idx], labels[val_idx], batch_size), clean_share
 
 
 def resumed_config(state, config):
@@ -519,9 +479,6 @@ FLAGS = {  # preset key: its flag's argparse settings; --phase1-epochs sets phas
                          help="validate and keep a moving average of the weights with this momentum (0.998: over "
                               "about 500 steps); 0: none"),
     "mix": dict(choices=MIXES, help="mix each training batch's images and labels in pairs: MixUp or CutMix"),
-    "consistency": dict(type=checked(float, lambda x: x >= 0, "0 (none) or more; AugMix used 12"),
-                        help="phase 2: each batch holds half the images in two augmented views each, and the loss "
-                             "adds this weight of their Jensen-Shannon divergence (AugMix's; 0: one view)"),
     "corrupt_p": dict(type=SHARE, help="phase 2: each corruption's share of the images"),
     "clean_share": dict(type=SHARE, nargs="+", metavar="SHARE",
                         help="share of the images spared the corruptions; two values: phase 2's first and last "

@@ -35,47 +35,6 @@ def test_focal_loss_matches_a_hand_computation():
     assert float(network.loss(y, p)) == pytest.approx(by_hand, rel=1e-5)
 
 
-def test_the_consistency_term_is_the_jensen_shannon_divergence_of_each_pair_of_views():
-    rng = np.random.default_rng(0)
-    first, second = rng.dirichlet(np.ones(8), size=(2, 6)).astype(np.float32)  # six images, two views each
-    mean = (first + second) / 2
-    def kl(p, q):
-        return np.sum(p * np.log(p / q), axis=1)
-    js = (kl(first, mean) + kl(second, mean)) / 2  # Hendrycks et al. 2020, eq. 1, for two views
-    divergence = train.paired_divergence(np.concatenate([first, second])).numpy()
-    np.testing.assert_allclose(divergence.mean(), js.mean(), rtol=1e-5)
-    np.testing.assert_allclose(divergence[:6] + divergence[6:], 2 * js, rtol=1e-5)  # each pair's own
-    np.testing.assert_allclose(train.paired_divergence(np.concatenate([first, first])).numpy(), 0, atol=1e-6)
-
-    y = np.eye(8, dtype=np.float32)[rng.integers(0, 8, 12)]
-    y = np.concatenate([y[:6], y[:6]])
-    p = np.concatenate([first, second])
-    alpha = train.class_weights(np.arange(8))
-    plain, paired = (keras.Sequential([keras.Input((8,)), keras.layers.Softmax()]) for _ in range(2))
-    train.compile_network(plain, 1e-4, train.PRESETS["cpu"], alpha)
-    train.compile_network(paired, 1e-4, train.PRESETS["cpu"], alpha, consistency=12.0)
-    assert float(paired.loss(y, p)) == pytest.approx(float(plain.loss(y, p)) + 12.0 * js.mean(), rel=1e-5)
-
-
-def test_consistency_pairs_two_views_of_each_image_in_phase_2_and_keeps_the_steps():
-    images, labels = learnable_images(40)
-    config = {**train.PRESETS["tiny"], "consistency": 12.0, "corrupt_p": (0.0, 1.0)}
-    (one_view, two_views), (val1, val2), _ = train.pipelines(config, images, labels, np.arange(32), np.arange(32, 40), 16, 0)
-    x, y = next(iter(two_views))
-    assert x.shape[0] == 16 and [len(list(d)) for d in (one_view, two_views)] == [2, 4]  # 8 images a step, twice
-    np.testing.assert_array_equal(y[:8], y[8:])  # the second half repeats the first's images
-    assert not np.allclose(x[:8], x[8:])  # each view on its own draws
-    val_x, val_y = next(iter(val2))  # validation's copies are alike: the divergence adds nothing there
-    np.testing.assert_array_equal(val_x[:8], val_x[8:])
-    np.testing.assert_array_equal(val_x[:8], next(iter(val1))[0])
-    steps = 10  # phase 2's epochs hold twice the steps, and the one learning-rate curve spans them all
-    schedule = train.from_scratch_schedule({**config, "phase1_epochs": 2, "phase2_epochs": 3}, steps, 2 * steps)
-    assert float(schedule(steps)) == pytest.approx(config["learning_rate"])
-    assert float(schedule(5 * steps)) > config["learning_rate"] / 10 and float(schedule(8 * steps)) < config["learning_rate"] / 1000
-    with pytest.raises(SystemExit, match="--consistency 12.0 with --mix cutmix"):
-        train.train({**config, "mix": "cutmix"}, "no-such-file.npz", "unused")
-
-
 def test_weight_decay_shrinks_the_kernels_only():
     network = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(5, 3), keras.layers.BatchNormalization(),
                                 keras.layers.Flatten(), keras.layers.Dense(8)])
