@@ -320,8 +320,8 @@ MIXED_FROM = ("gaussian_noise", "gaussian_blur", "motion_blur", "jpeg", "brightn
 def corrupt(images, name, severity, seed=0):
     """images uint8 (n, 96, 96, 3) under corruption `name` at `severity`; the same seed gives the same result."""
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 images of shape (n, 96, 96, 3), got {images.dtype} {images.shape}")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (SIZE, SIZE, 3):  # the families' grids are SIZE
+        raise ValueError(f"expected uint8 images of shape (n, {SIZE}, {SIZE}, 3), got {images.dtype} {images.shape}")
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
     # one stream per (seed, name), whatever the severity: each severity makes the same random choices

@@ -89,6 +89,11 @@ def test_scores_match_a_direct_prediction(evaluated):
     assert evaluated["report"]["confusion_matrix"] == expected["confusion_matrix"]
 
 
+def test_corrupt_refuses_images_of_another_size_naming_the_shape():
+    with pytest.raises(ValueError, match=r"\(n, 96, 96, 3\), got uint8 \(2, 64, 64, 3\)"):
+        evaluate.corrupt(np.zeros((2, 64, 64, 3), np.uint8), "vignetting", 1)
+
+
 @pytest.mark.parametrize("severity", evaluate.SEVERITIES)
 @pytest.mark.parametrize("name", list(evaluate.CORRUPTIONS))
 def test_each_corruption_changes_images_and_keeps_shape_and_dtype(name, severity):
