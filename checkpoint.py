@@ -122,7 +122,8 @@ def arrays(path):
 
 
 def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=None, follow=()):
-    """fit() from the checkpoint's epoch on, with early stopping that restores the best weights
+    """fit() from the checkpoint's epoch on, with early stopping after config["patience"] epochs
+    without a better validation loss (0: none), ending with the best epoch's weights either way
     (and the callbacks in follow, which keep no state of their own)."""
     start, phase = checkpoint.state["epoch"], phase_name(checkpoint.state["phase"])
     if checkpoint.state.get("stopped") or start >= epochs:  # killed after early stopping, or no epochs asked for
@@ -130,8 +131,10 @@ def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=Non
         return
     trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
     log(f"{phase}: epochs {start + 1} to {epochs}, {trainable:,} trainable parameters")
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True,
-                                         verbose=1)
+    # patience 0: the phase runs all its epochs (a random start's one learning-rate curve, cut where
+    # the rate is still high, stops on noise) and still ends with its best epoch's weights
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"] or epochs,
+                                         restore_best_weights=True, verbose=1)
     checkpoint.watched = {"early_stopping": stop, **({"plateau": plateau} if plateau else {})}
     # with weight averaging, validation scores the average, and at each epoch's end the average goes
     # into the network before early stopping keeps the best one: the phase ends with the best average

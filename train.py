@@ -478,6 +478,8 @@ FLAGS = {  # preset key: its flag's argparse settings; --phase1-epochs sets phas
     "ema_momentum": dict(type=checked(float, lambda x: 0 <= x < 1, "from 0 (no average) to below 1"),
                          help="validate and keep a moving average of the weights with this momentum (0.998: over "
                               "about 500 steps); 0: none"),
+    "patience": dict(type=COUNT, help="epochs without a better validation loss before a phase stops early; 0: "
+                                      "never (more epochs than the preset's want it). The best epoch is kept either way"),
     "mix": dict(choices=MIXES, help="mix each training batch's images and labels in pairs: MixUp or CutMix"),
     "corrupt_p": dict(type=SHARE, help="phase 2: each corruption's share of the images"),
     "clean_share": dict(type=SHARE, nargs="+", metavar="SHARE",

@@ -177,6 +177,14 @@ def test_early_stopping_waits_its_patience_also_across_a_resume(tmp_path):
     assert resumed.state["stopped"]
 
 
+def test_patience_0_runs_every_epoch_and_still_keeps_the_best_weights(tmp_path):
+    # learning rate 0: val_loss never improves on epoch 1, so the phase must not stop, only end
+    checkpoint = phase_on_noise(tmp_path, epochs=5, patience=0)
+    assert [row["epoch"] for row in checkpoint.state["history"]] == [1, 2, 3, 4, 5]
+    assert not checkpoint.state["stopped"]
+    assert checkpoint.state["callbacks"]["early_stopping"]["best_epoch"] == 0  # what the phase ends with
+
+
 class RawWeights(keras.callbacks.Callback):
     """The weights in training after every step (SwapEMAWeights swaps only at an epoch's end)."""
     def on_train_begin(self, logs=None):

@@ -313,9 +313,9 @@ def test_command_line_options_change_only_their_own_preset_values():
     assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
     assert train.parse_args(["--preset", "cpu", "--phase1-input-size", "48"])[1]["phase1_input_size"] == 48
     loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--learning-rate", "4e-3", "--label-smoothing", "0",
-                                      "--weight-decay", "0.05", "--ema-momentum", "0.998"])[1]
+                                      "--weight-decay", "0.05", "--ema-momentum", "0.998", "--patience", "0"])[1]
     assert (loss_and_rate["focal_gamma"], loss_and_rate["learning_rate"], loss_and_rate["label_smoothing"],
-            loss_and_rate["weight_decay"], loss_and_rate["ema_momentum"]) == (1.5, 4e-3, 0.0, 0.05, 0.998)
+            loss_and_rate["weight_decay"], loss_and_rate["ema_momentum"], loss_and_rate["patience"]) == (1.5, 4e-3, 0.0, 0.05, 0.998, 0)
     assert train.PRESETS["cpu"]["balance_classes"] and not train.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
 
 
@@ -347,7 +347,7 @@ def test_presets_carry_only_the_keys_they_use():
     ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],  # no label left; not a share
     ["--weight-decay", "-1e-4"],  # a decay that grows the weights
     ["--ema-momentum", "1"], ["--ema-momentum", "-0.1"],  # an average that never moves; not a momentum
-    ["--phase1-epochs", "-1"], ["--phase2-epochs", "-2"], ["--epochs-head", "-1"], ["--unfreeze", "-1"],  # no negative counts
+    ["--phase1-epochs", "-1"], ["--phase2-epochs", "-2"], ["--epochs-head", "-1"], ["--unfreeze", "-1"], ["--patience", "-1"],  # no negative counts
     ["--batch-size", "0"], ["--phase1-epochs", "1.5"],  # no empty batch; not a count
 ])
 def test_out_of_range_values_are_refused_naming_the_flag(refused, capsys):
