@@ -131,8 +131,8 @@ def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=Non
         return
     trainable = sum(int(np.prod(w.shape)) for w in network.trainable_weights)
     log(f"{phase}: epochs {start + 1} to {epochs}, {trainable:,} trainable parameters")
-    # patience 0: the phase runs all its epochs (a random start's one learning-rate curve, cut where
-    # the rate is still high, stops on noise) and still ends with its best epoch's weights
+    # patience 0: no early stopping, the phase runs all its epochs (on a random start's one learning-rate
+    # curve, validation is noisy while the rate is high) and still ends with its best epoch's weights
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"] or epochs,
                                          restore_best_weights=True, verbose=1)
     checkpoint.watched = {"early_stopping": stop, **({"plateau": plateau} if plateau else {})}
