@@ -38,36 +38,37 @@ BACKBONES = {
 }
 
 
-def resnet10(input_shape, widths=(32, 64, 128, 256)):
+def resnet10(input_shape, widths=(32, 64, 128, 256), folded=False):
     """A ResNet-10 for training from scratch: a 4x4 stride-4 patch stem, then four stages of one
     basic block (two 3x3 convolutions beside a shortcut), each after the first halving the size
     and doubling the channels. Its convolutions are dense, which keeps a CPU's vector units busier
     than MobileNetV3's depthwise ones; the patch stem starts the first stage at 24 px, which keeps
-    an epoch cheap."""
+    an epoch cheap. folded=True builds the form fold_into_convolutions fills: a bias in each
+    convolution where its BatchNormalization was."""
     layers = keras.layers
+    def conv(x, width, size, strides, padding, name):  # a convolution, and its batch normalization "name_bn"
+        x = layers.Conv2D(width, size, strides=strides, padding=padding, use_bias=folded, name=name)(x)
+        return x if folded else layers.BatchNormalization(name=f"{name}_bn")(x)
     inputs = keras.Input(input_shape)
-    x = layers.Conv2D(widths[0], 4, strides=4, use_bias=False, name="stem_conv")(inputs)
-    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    x = layers.ReLU(name="stem_relu")(conv(inputs, widths[0], 4, 4, "valid", "stem_conv"))
     for stage, width in enumerate(widths, start=1):
         strides = 1 if stage == 1 else 2
-        y = layers.Conv2D(width, 3, strides=strides, padding="same", use_bias=False, name=f"stage{stage}_conv1")(x)
-        y = layers.ReLU(name=f"stage{stage}_relu1")(layers.BatchNormalization(name=f"stage{stage}_bn1")(y))
-        y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"stage{stage}_conv2")(y)
-        y = layers.BatchNormalization(name=f"stage{stage}_bn2")(y)
+        y = conv(x, width, 3, strides, "same", f"stage{stage}_conv1")
+        y = conv(layers.ReLU(name=f"stage{stage}_relu1")(y), width, 3, 1, "same", f"stage{stage}_conv2")
         if strides != 1 or x.shape[-1] != width:  # the shortcut must change size and channels too
-            x = layers.Conv2D(width, 1, strides=strides, use_bias=False, name=f"stage{stage}_project")(x)
-            x = layers.BatchNormalization(name=f"stage{stage}_project_bn")(x)
+            x = conv(x, width, 1, strides, "valid", f"stage{stage}_project")
         x = layers.ReLU(name=f"stage{stage}_out")(layers.Add(name=f"stage{stage}_add")([x, y]))
     return keras.Model(inputs, x, name="resnet10")
 
 
-def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2, backbone_weights=None, width=1.0):
+def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2, backbone_weights=None, width=1.0,
+                  folded=False):
     """The one definition of the network, for training and for inference.
 
     Input: (batch, 96, 96, 3) RGB floats in [0, 255]. The backbone's own preprocessing is part of
     the network, so callers never scale the images. The head is global average pooling, dropout
     and an 8-way softmax. width multiplies the channels of every layer (Keras' alpha); only the
-    MobileNets take it.
+    MobileNets take it. folded=True (ResNet10 only) is the form fold_into_convolutions fills.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -80,8 +81,9 @@ def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2
     if input_size != IMAGE_SIZE:
         x = keras.layers.Resizing(input_size, input_size, name="resize")(x)
     if backbone == "ResNet10":
-        x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(x)  # to [-1, 1]
-        base = resnet10((input_size, input_size, 3))
+        if not folded:
+            x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(x)  # to [-1, 1]
+        base = resnet10((input_size, input_size, 3), folded=folded)
     else:
         x = getattr(keras.applications, BACKBONES[backbone]).preprocess_input(x)
         base = getattr(keras.applications, backbone)(include_top=False, weights=backbone_weights,
@@ -132,6 +134,29 @@ def load_network(path):
                          f"{len(weights)} arrays saved, {len(expected)} expected; rebuild it with train.py")
     network.set_weights(weights)
     return network, config
+
+
+def fold_into_convolutions(network, config):
+    """The same function for inference with fewer passes over memory, which bound a CPU's speed on
+    a small network: each BatchNormalization folded into the convolution before it (its kernel
+    times gamma / sqrt(variance + epsilon), and a bias), and the scaling to [-1, 1] into the stem's
+    (exact: the stem pads nothing). Our ResNet10 only; other networks come back as they are."""
+    if config["backbone"] != "ResNet10":
+        return network
+    folded = build_network(**config, folded=True)
+    trained, inference = network.get_layer("resnet10"), folded.get_layer("resnet10")
+    for conv in inference.layers:
+        if isinstance(conv, keras.layers.Conv2D):
+            bn = trained.get_layer(f"{conv.name}_bn")
+            gamma, beta, mean, variance = bn.get_weights()
+            scale = gamma / np.sqrt(variance + bn.epsilon)
+            kernel, = trained.get_layer(conv.name).get_weights()
+            kernel, bias = kernel * scale, beta - mean * scale
+            if conv.name == "stem_conv":  # it sees x / 127.5 - 1
+                kernel, bias = kernel / 127.5, bias - kernel.sum(axis=(0, 1, 2))
+            conv.set_weights([kernel, bias])
+    folded.get_layer("probabilities").set_weights(network.get_layer("probabilities").get_weights())
+    return folded
 
 
 def as_images(X):
@@ -200,7 +225,7 @@ class Model:
         if not files:
             raise FileNotFoundError(f"no {WEIGHTS_GLOB} in {', '.join(map(str, folders))}: "
                                     "put the weights train.py wrote beside model.py")
-        self.networks = [load_network(f)[0] for f in files]
+        self.networks = [fold_into_convolutions(*load_network(f)) for f in files]
         self._forward = [compiled_forward(network, tta) for network in self.networks]
         self._batch = BATCH_SIZE // VIEWS if tta else BATCH_SIZE  # images per call
 

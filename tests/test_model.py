@@ -166,3 +166,27 @@ def test_our_resnet10_keeps_its_weights_across_sizes_and_round_trips_through_a_b
 def test_our_resnet10_has_no_pretrained_weights():
     with pytest.raises(ValueError, match="ResNet10 has no pretrained weights.*--backbone-weights none"):
         model.build_network("ResNet10", backbone_weights="imagenet")
+
+
+@pytest.mark.parametrize("input_size", [96, 64])
+def test_our_resnet10_predicts_with_its_batch_norms_and_scaling_folded_into_its_convolutions(input_size, tmp_path):
+    architecture = {"backbone": "ResNet10", "input_size": input_size, "dropout": 0.2}
+    network = model.build_network(**architecture)
+    rng = np.random.default_rng(0)
+    for layer in network.get_layer("resnet10").layers:  # statistics as training leaves them, far from 0 and 1
+        if layer.name.endswith("_bn"):
+            gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
+            layer.set_weights([rng.uniform(0.5, 2, gamma), rng.normal(0, 0.5, beta),
+                               rng.normal(0, 0.5, mean), rng.uniform(0.005, 2, variance)])
+    model.save_network(network, architecture, tmp_path / "weights.npz")
+    bundled = model.Model(tmp_path, tta=False)
+    assert not any(layer.name.endswith("_bn") for layer in bundled.networks[0].get_layer("resnet10").layers)
+    images = learnable_images(3)[0][:64]
+    np.testing.assert_allclose(bundled.predict_proba(images), network.predict(images.astype(np.float32), verbose=0),
+                               atol=1e-5)
+    # and before the softmax, which saturates: the features each form computes from the same input
+    x = np.random.default_rng(1).uniform(0, 255, (8, input_size, input_size, 3)).astype(np.float32)
+    features = network.get_layer("resnet10")(x / 127.5 - 1, training=False).numpy()
+    folded = bundled.networks[0].get_layer("resnet10")(x, training=False).numpy()  # scaling folded in too
+    assert features.std() > 1
+    np.testing.assert_allclose(folded, features, atol=1e-4 * np.abs(features).max())
