@@ -185,6 +185,13 @@ def test_patience_0_runs_every_epoch_and_still_keeps_the_best_weights(tmp_path):
     assert checkpoint.state["callbacks"]["early_stopping"]["best_epoch"] == 0  # what the phase ends with
 
 
+def test_the_cpu_preset_runs_every_epoch_of_its_learning_rate_curve(tmp_path):
+    # its rate decays once to zero, and validation is noisy while it is high: a phase stopped early
+    # never anneals. On noise val_loss never improves, which stops any patience short of the phase.
+    checkpoint = phase_on_noise(tmp_path, epochs=12, patience=train.PRESETS["cpu"]["patience"])
+    assert len(checkpoint.state["history"]) == 12 and not checkpoint.state["stopped"]
+
+
 class RawWeights(keras.callbacks.Callback):
     """The weights in training after every step (SwapEMAWeights swaps only at an epoch's end)."""
     def on_train_begin(self, logs=None):
