@@ -1,7 +1,8 @@
 """The training images' augmentation, in the tf.data pipeline (never in the saved network).
 
 RandAugment (the seed recipe), the test-set-like corruptions a preset adds in phase 2 with the
-share of images spared them (clean_share), and MixUp and CutMix (--mix).
+share of images spared them (clean_share), phase 2's appearance levers (broad colour changes,
+random convolutions, Fourier amplitude swaps), and MixUp and CutMix (--mix).
 """
 import numpy as np
 import keras
@@ -29,16 +30,21 @@ def make_dataset(images, labels, batch_size, augment=None, seed=0, mix=None):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_augment(config, seed, corrupt_p, clean_share=None):
+def make_augment(config, seed, corrupt_p, clean_share=None, appearance=False):
     """RandAugment (the recipe), then, when corrupt_p > 0, the test-set-like corruptions below,
     sparing a share clean_share of the images: a number, or a tf.Variable read at every batch
-    (default: the preset's share at phase 2's first epoch)."""
+    (default: the preset's share at phase 2's first epoch). appearance (phase 2) adds the config's
+    colour_p, randconv_p and apr_p levers, each on its own share of the images."""
     clean_share = clean_share_at(config, 0) if clean_share is None else clean_share
     rand_augment = keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=config["augment_ops"],
                                                magnitude=config["augment_magnitude"], seed=seed)
+    levers = [(lever, config.get(key, 0.0)) for key, lever in APPEARANCE.items()] if appearance else []
     def augment(x):
         x = rand_augment(x, training=True)
-        return corrupt_like_a_test_set(x, corrupt_p, clean_share) if corrupt_p else x
+        x = corrupt_like_a_test_set(x, corrupt_p, clean_share) if corrupt_p else x
+        for lever, p in levers:
+            x = lever(x, p) if p else x
+        return x
     return augment
 
 
@@ -65,6 +71,25 @@ def change_some(x, p, change, hit=None):
     return tf.tensor_scatter_nd_update(x, where, change(tf.gather_nd(x, where)))
 
 
+def uniform(x, low, high, shape=(1, 1, 1)):
+    """One uniform draw per image of the batch x, of the given shape (broadcasts against x by default)."""
+    return tf.random.uniform([tf.shape(x)[0], *shape], low, high)
+
+
+def paint_squares(x, fill):
+    """x with one to three squares of 8 to 32 pixels (at 96 px) per image, each painted fill(x)."""
+    size = x.shape[1]
+    grid = tf.cast(tf.range(size), tf.float32)
+    squares = tf.random.uniform([tf.shape(x)[0]], 1, 4, tf.int32)
+    for k in range(3):
+        top_left, side = uniform(x, 0, size, (2,)), uniform(x, size / 12, size / 3, ())
+        inside_y = (grid[None, :] >= top_left[:, :1]) & (grid[None, :] < top_left[:, :1] + side[:, None])
+        inside_x = (grid[None, :] >= top_left[:, 1:]) & (grid[None, :] < top_left[:, 1:] + side[:, None])
+        patch = (inside_y[:, :, None] & inside_x[:, None, :])[..., None] & (squares > k)[:, None, None, None]
+        x = tf.where(patch, fill(x), x)
+    return x
+
+
 def corrupt_like_a_test_set(x, p, clean_share=0.0):
     """Changes RandAugment lacks and a modified test set may carry, each on a share p of the batch.
 
@@ -76,8 +101,6 @@ def corrupt_like_a_test_set(x, p, clean_share=0.0):
     the images is spared them all, so every step also sees clean cells.
     """
     size = x.shape[1]
-    def uniform(x, low, high, shape=(1, 1, 1)):  # one draw per image of x
-        return tf.random.uniform([tf.shape(x)[0], *shape], low, high)
     p = tf.where(uniform(x, 0, 1, ()) < clean_share, 0.0, p)  # each image's chance of each corruption
 
     x = tf.where(uniform(x, 0, 1) < 0.5, tf.transpose(x, [0, 2, 1, 3]), x)
@@ -125,19 +148,60 @@ def corrupt_like_a_test_set(x, p, clean_share=0.0):
         images=x, transforms=tf.boolean_mask(transforms, moved), output_shape=[size, size], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="CONSTANT"), hit=moved)
 
-    # occlusion: one to three squares of 8 to 32 pixels (at 96 px), black or a random grey
-    def occlude(x):
-        grid = tf.cast(tf.range(size), tf.float32)
-        squares = tf.random.uniform([tf.shape(x)[0]], 1, 4, tf.int32)
-        for k in range(3):
-            top_left, side = uniform(x, 0, size, (2,)), uniform(x, size / 12, size / 3, ())
-            inside_y = (grid[None, :] >= top_left[:, :1]) & (grid[None, :] < top_left[:, :1] + side[:, None])
-            inside_x = (grid[None, :] >= top_left[:, 1:]) & (grid[None, :] < top_left[:, 1:] + side[:, None])
-            patch = (inside_y[:, :, None] & inside_x[:, None, :])[..., None] & (squares > k)[:, None, None, None]
-            x = tf.where(patch, tf.where(uniform(x, 0, 1) < 0.5, 0.0, uniform(x, 0, 255)), x)
-        return x
-    x = change_some(x, p, occlude)
+    # occlusion: squares, black or a random grey
+    x = change_some(x, p, lambda x: paint_squares(x, lambda x: tf.where(uniform(x, 0, 1) < 0.5, 0.0, uniform(x, 0, 255))))
     return tf.clip_by_value(x, 0.0, 255.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Appearance levers of phase 2: what the network should learn to ignore, beyond the corruptions.
+
+def broad_colours(x, p):
+    """The colour breadth the challenge's top entries trained with (keras-cv RandomHue up to the whole
+    wheel, ChannelShuffle, RandomChannelShift of up to half the range, Solarization, cut-outs of
+    random colours), each on its own random share p of the batch. x: float (n, 96, 96, 3) in [0, 255]."""
+    def turn_hue(x):  # any angle of the colour wheel
+        h = tf.image.rgb_to_hsv(x / 255.0)
+        return tf.image.hsv_to_rgb(tf.concat([(h[..., :1] + uniform(h, 0, 1)) % 1.0, h[..., 1:]], -1)) * 255.0
+    x = change_some(x, p, turn_hue)
+    orders = tf.constant([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+    x = change_some(x, p, lambda x: tf.gather(x, tf.gather(orders, tf.random.uniform([tf.shape(x)[0]], 0, 6, tf.int32)),
+                                              axis=3, batch_dims=1))
+    x = change_some(x, p, lambda x: x + uniform(x, -127.5, 127.5, (1, 1, 3)))  # each channel its own shift
+    x = change_some(x, p, lambda x: tf.where(x >= uniform(x, 128, 255), 255.0 - x, x))  # solarize above a threshold
+    x = change_some(x, p, lambda x: paint_squares(x, lambda x: uniform(x, 0, 255, (1, 1, 3))))  # cut-outs, coloured
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def random_convolution(x, p):
+    """RandConv (Xu et al., ICLR 2021): a share p of the images through one random convolution a batch,
+    of 1x1 (a random colour mixing), 3x3 or 5x5 (a random texture filter), He-initialised, its output
+    stretched back to [0, 255] per image and blended with the image by a random weight (their RC-mix)."""
+    def convolve(x):
+        size = tf.random.shuffle(tf.constant([1, 3, 5]))[0]
+        kernel = tf.random.normal([size, size, 3, 3]) * tf.sqrt(2.0 / tf.cast(size * size * 3, tf.float32))
+        y = tf.nn.conv2d(x / 127.5 - 1.0, kernel, 1, "SAME")
+        low = tf.reduce_min(y, axis=(1, 2, 3), keepdims=True)
+        high = tf.reduce_max(y, axis=(1, 2, 3), keepdims=True)
+        y = 255.0 * (y - low) / tf.maximum(high - low, 1e-3)
+        keep = tf.random.uniform([tf.shape(x)[0], 1, 1, 1])
+        return keep * x + (1 - keep) * y
+    return tf.clip_by_value(change_some(x, p, convolve), 0.0, 255.0)
+
+
+def amplitude_swap(x, p):
+    """APR-P (Chen et al., ICCV 2021): a share p of the images keep their Fourier phase (where the
+    shapes are) under another image's amplitude spectrum (its colours and textures); labels unmixed."""
+    def swap(x):
+        channels_first = tf.complex(tf.transpose(x, [0, 3, 1, 2]), 0.0)
+        spectrum = tf.signal.fft2d(channels_first)
+        partner = tf.gather(tf.abs(spectrum), tf.random.shuffle(tf.range(tf.shape(x)[0])))
+        mixed = tf.complex(partner, 0.0) * tf.exp(tf.complex(0.0, tf.math.angle(spectrum)))
+        return tf.transpose(tf.math.real(tf.signal.ifft2d(mixed)), [0, 2, 3, 1])
+    return tf.clip_by_value(change_some(x, p, swap), 0.0, 255.0)
+
+
+APPEARANCE = {"colour_p": broad_colours, "randconv_p": random_convolution, "apr_p": amplitude_swap}  # config key: lever
 
 
 def mix_with_partners(x, y, keep_pixels, keep_label):

@@ -15,7 +15,7 @@ train-speed: images per second of a preset's training steps, input pipeline incl
 augmentation, then phase 2's with the corruptions), and the wall time that makes for the preset's
 epochs on the shared data: how long `make train PRESET=cpu` will take on this machine. --backbone,
 --width, --input-size and --phase1-input-size time another network in the preset's place.
-augment-speed: what the input pipeline's two parts cost per image, on a batch of the preset's size.
+augment-speed: what the input pipeline's parts cost per image, on a batch of the preset's size.
 """
 import argparse
 import shutil
@@ -29,7 +29,7 @@ import numpy as np
 import train  # first: it imports TensorFlow without the CUDA plugins' noise
 import keras
 import tensorflow as tf
-from augment import MIXES, corrupt_like_a_test_set, make_augment, make_dataset
+from augment import APPEARANCE, MIXES, corrupt_like_a_test_set, make_augment, make_dataset
 from model import WEIGHTS_GLOB, Model, build_network, load_network, save_network
 
 ROOT = Path(__file__).resolve().parent
@@ -114,7 +114,7 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     for phase, epochs in enumerate((config["phase1_epochs"], config["phase2_epochs"])):
         network = train.create_network({**config, "input_size": sizes[phase], "backbone_weights": "none"})
         train.compile_network(network, 1e-4, config, train.class_weights(labels))
-        augment = make_augment(config, 0, config["corrupt_p"][phase])
+        augment = make_augment(config, 0, config["corrupt_p"][phase], appearance=phase == 1)
         dataset = make_dataset(images, labels, config["batch_size"], augment, mix=MIXES[config["mix"]]).repeat()
         # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation
         # runs ahead of the training step, on the cycles the step leaves idle; the first epoch traces
@@ -131,12 +131,14 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
 
 
 def augment_speed(preset, repeats):
-    """Median milliseconds per image of RandAugment alone and of phase 2's corruptions alone, on a batch of noise."""
+    """Median milliseconds per image of RandAugment alone, of phase 2's corruptions alone and of each
+    appearance lever on every image, on a batch of noise."""
     config = train.PRESETS[preset]
     n = config["batch_size"]
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (n, 96, 96, 3)), tf.float32)
     steps = {"RandAugment": make_augment(config, 0, 0.0),
-             f"corruptions (corrupt_p {config['corrupt_p'][1]})": lambda x: corrupt_like_a_test_set(x, config["corrupt_p"][1])}
+             f"corruptions (corrupt_p {config['corrupt_p'][1]})": lambda x: corrupt_like_a_test_set(x, config["corrupt_p"][1]),
+             **{f"{lever.__name__} (on every image)": lambda x, lever=lever: lever(x, 1.0) for lever in APPEARANCE.values()}}
     for name, step in steps.items():
         step = tf.function(step)
         step(x)  # tracing, not timed

@@ -38,22 +38,29 @@ BACKBONES = {
 }
 
 
-def resnet10(input_shape, widths=(32, 64, 128, 256), folded=False):
+def resnet10(input_shape, widths=(32, 64, 128, 256), folded=False, ibn=False):
     """A ResNet-10 for training from scratch: a 4x4 stride-4 patch stem, then four stages of one
     basic block (two 3x3 convolutions beside a shortcut), each after the first halving the size
     and doubling the channels. Its convolutions are dense, which keeps a CPU's vector units busier
     than MobileNetV3's depthwise ones; the patch stem starts the first stage at 24 px, which keeps
     an epoch cheap. folded=True builds the form fold_into_convolutions fills: a bias in each
-    convolution where its BatchNormalization was."""
+    convolution where its BatchNormalization was. ibn=True (IBN-a, Pan et al. 2018) normalises half
+    the channels of the stem and of the first convolution of stages 1 and 2 per image (instance
+    normalisation), which discards each image's contrast and colour statistics there."""
     layers = keras.layers
-    def conv(x, width, size, strides, padding, name):  # a convolution, and its batch normalization "name_bn"
+    def conv(x, width, size, strides, padding, name, instance=False):  # its batch normalization is "name_bn"
         x = layers.Conv2D(width, size, strides=strides, padding=padding, use_bias=folded, name=name)(x)
-        return x if folded else layers.BatchNormalization(name=f"{name}_bn")(x)
+        if not instance:
+            return x if folded else layers.BatchNormalization(name=f"{name}_bn")(x)
+        half = width // 2  # the first half per image ("name_in"), the rest per batch
+        per_image = layers.GroupNormalization(groups=-1, name=f"{name}_in")(x[..., :half])
+        per_batch = x[..., half:] if folded else layers.BatchNormalization(name=f"{name}_bn")(x[..., half:])
+        return layers.Concatenate(name=f"{name}_ibn")([per_image, per_batch])
     inputs = keras.Input(input_shape)
-    x = layers.ReLU(name="stem_relu")(conv(inputs, widths[0], 4, 4, "valid", "stem_conv"))
+    x = layers.ReLU(name="stem_relu")(conv(inputs, widths[0], 4, 4, "valid", "stem_conv", instance=ibn))
     for stage, width in enumerate(widths, start=1):
         strides = 1 if stage == 1 else 2
-        y = conv(x, width, 3, strides, "same", f"stage{stage}_conv1")
+        y = conv(x, width, 3, strides, "same", f"stage{stage}_conv1", instance=ibn and stage <= 2)
         y = conv(layers.ReLU(name=f"stage{stage}_relu1")(y), width, 3, 1, "same", f"stage{stage}_conv2")
         if strides != 1 or x.shape[-1] != width:  # the shortcut must change size and channels too
             x = conv(x, width, 1, strides, "valid", f"stage{stage}_project")
@@ -61,14 +68,58 @@ def resnet10(input_shape, widths=(32, 64, 128, 256), folded=False):
     return keras.Model(inputs, x, name="resnet10")
 
 
+class Blur(keras.layers.Layer):
+    """A fixed 5x5 binomial low-pass filter, each channel alone: before a strided layer it is the
+    anti-aliasing of BlurPool (Zhang 2019, "Making convolutional networks shift-invariant again"),
+    which drops the frequencies a stride of 4 would fold into false patterns."""
+
+    TAPS = np.array([1, 4, 6, 4, 1], np.float32) / 16
+
+    def call(self, x):
+        kernel = np.tile(np.outer(self.TAPS, self.TAPS)[:, :, None, None], (1, 1, 3, 1))
+        padded = keras.ops.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="symmetric")  # no dark frame
+        return keras.ops.depthwise_conv(padded, kernel, padding="valid")
+
+
+class ColourConstancy(keras.layers.Layer):
+    """Each image's colours mapped to a reference frame by its own statistics, so that a global hue
+    turn, channel swap, colour cast or gain, brightness or contrast changes little of what follows
+    (grey-world and Reinhard-style normalisation, Reinhard et al. 2001, in an opponent space).
+
+    Per image: luminance standardised; the two chroma axes centred, turned so that their main
+    direction of spread lies on the first, each axis' sign set by its skew (so a mirror image of the
+    colour wheel, as a channel swap makes, lands on the same frame), and scaled by their spread.
+    Output in [0, 255] terms (127.5 + 42.5 per standard deviation), for any backbone's preprocessing."""
+
+    OPPONENT = np.array([[1, 1, 1], [1, -1, 0], [1, 1, -2]], np.float32).T / np.sqrt([3, 2, 6]).astype(np.float32)
+
+    def call(self, x):
+        ops = keras.ops
+        o = ops.matmul(x / 255.0, self.OPPONENT)  # (n, h, w, 3): luminance, red-green, yellow-blue
+        o = o - ops.mean(o, axis=(1, 2), keepdims=True)
+        luminance = o[..., :1] / ops.sqrt(ops.mean(o[..., :1] ** 2, axis=(1, 2), keepdims=True) + 1e-4)
+        a, b = o[..., 1], o[..., 2]
+        saa, sbb, sab = (ops.mean(v, axis=(1, 2), keepdims=True) for v in (a * a, b * b, a * b))
+        angle = 0.5 * ops.arctan2(2 * sab, saa - sbb)  # the main axis of the chroma's spread
+        cos, sin = ops.cos(angle), ops.sin(angle)
+        u, v = cos * a + sin * b, cos * b - sin * a
+        u = u * ops.where(ops.mean(u ** 3, axis=(1, 2), keepdims=True) < 0, -1.0, 1.0)
+        v = v * ops.where(ops.mean(v ** 3, axis=(1, 2), keepdims=True) < 0, -1.0, 1.0)
+        spread = ops.sqrt(saa + sbb + 1e-4)
+        return 127.5 + 42.5 * ops.concatenate([luminance, ops.stack([u, v], axis=-1) / spread[..., None]], axis=-1)
+
+
 def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2, backbone_weights=None, width=1.0,
-                  folded=False):
+                  colour_constancy=False, ibn=False, antialias=False, folded=False):
     """The one definition of the network, for training and for inference.
 
     Input: (batch, 96, 96, 3) RGB floats in [0, 255]. The backbone's own preprocessing is part of
     the network, so callers never scale the images. The head is global average pooling, dropout
     and an 8-way softmax. width multiplies the channels of every layer (Keras' alpha); only the
-    MobileNets take it. folded=True (ResNet10 only) is the form fold_into_convolutions fills.
+    MobileNets take it. colour_constancy puts ColourConstancy first; ibn (ResNet10 only) normalises
+    half of the first layers' channels per image; antialias (ResNet10 only) blurs before its stride-4
+    stem. folded=True (ResNet10 only) is the form
+    fold_into_convolutions fills.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -76,14 +127,18 @@ def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2
         raise ValueError(f"width {width}: only the MobileNets scale their width; {backbone} takes 1.0")
     if BACKBONES[backbone] is None and backbone_weights is not None:
         raise ValueError(f"{backbone} has no pretrained weights: train it from scratch with --backbone-weights none")
+    if (ibn or antialias) and backbone != "ResNet10":
+        raise ValueError(f"ibn and antialias: only our ResNet10 has them; {backbone} takes neither")
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
-    x = inputs
+    x = ColourConstancy(name="colour_constancy")(inputs) if colour_constancy else inputs
     if input_size != IMAGE_SIZE:
         x = keras.layers.Resizing(input_size, input_size, name="resize")(x)
     if backbone == "ResNet10":
+        if antialias:  # before the scaling, which a blur commutes with, so that it folds as before
+            x = Blur(name="antialias")(x)
         if not folded:
             x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(x)  # to [-1, 1]
-        base = resnet10((input_size, input_size, 3), folded=folded)
+        base = resnet10((input_size, input_size, 3), folded=folded, ibn=ibn)
     else:
         x = getattr(keras.applications, BACKBONES[backbone]).preprocess_input(x)
         base = getattr(keras.applications, backbone)(include_top=False, weights=backbone_weights,
@@ -145,13 +200,19 @@ def fold_into_convolutions(network, config):
         return network
     folded = build_network(**config, folded=True)
     trained, inference = network.get_layer("resnet10"), folded.get_layer("resnet10")
+    for layer in inference.layers:
+        if isinstance(layer, keras.layers.GroupNormalization):  # per image: nothing to fold, copied as it is
+            layer.set_weights(trained.get_layer(layer.name).get_weights())
     for conv in inference.layers:
         if isinstance(conv, keras.layers.Conv2D):
             bn = trained.get_layer(f"{conv.name}_bn")
             gamma, beta, mean, variance = bn.get_weights()
-            scale = gamma / np.sqrt(variance + bn.epsilon)
+            scale, shift = gamma / np.sqrt(variance + bn.epsilon), beta - mean * gamma / np.sqrt(variance + bn.epsilon)
             kernel, = trained.get_layer(conv.name).get_weights()
-            kernel, bias = kernel * scale, beta - mean * scale
+            per_image = kernel.shape[-1] - len(scale)  # IBN: the first channels are normalised per image, after it
+            scale = np.concatenate([np.ones(per_image, np.float32), scale])
+            shift = np.concatenate([np.zeros(per_image, np.float32), shift])
+            kernel, bias = kernel * scale, shift
             if conv.name == "stem_conv":  # it sees x / 127.5 - 1
                 kernel, bias = kernel / 127.5, bias - kernel.sum(axis=(0, 1, 2))
             conv.set_weights([kernel, bias])

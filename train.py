@@ -38,8 +38,10 @@ from model import BACKBONES, NUM_CLASSES, build_network, load_network, save_netw
 # Configuration as plain data: the seed recipe, and presets that say what they change from it.
 BASE = dict(
     backbone="EfficientNetV2L", width=1.0, backbone_weights="imagenet", input_size=96, phase1_input_size=None, dropout=0.3,
+    colour_constancy=False, ibn=False, antialias=False,
     max_images=None, holdout=0.1, validation=0.1,
     batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0, mix="none",
+    colour_p=0.0, randconv_p=0.0, apr_p=0.0,
     focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0,
     phase1_epochs=20, learning_rate=1e-4, phase2_epochs=30, patience=5,
 )
@@ -68,7 +70,7 @@ ABOUT = {  # what each preset is for, one line each in --help
 }
 RENAMED = {"epochs_head": "phase1_epochs", "epochs_finetune": "phase2_epochs", "lr_head": "learning_rate",
            "lr_finetune": "phase2_learning_rate", "head_input_size": "phase1_input_size"}  # old name: new, in old checkpoints
-ARCHITECTURE_KEYS = ("backbone", "width", "input_size", "dropout")  # what model.py needs to rebuild the network
+ARCHITECTURE_KEYS = ("backbone", "width", "input_size", "dropout", "colour_constancy", "ibn", "antialias")  # what model.py rebuilds from
 LARGE = 20_000_000  # parameters: a network this large wants a GPU
 
 
@@ -327,7 +329,7 @@ def pipelines(config, images, labels, train_idx, val_idx, batch_size, seed):
     validation pipeline, and the tf.Variable of phase 2's clean share (phase 1 keeps its first)."""
     clean_share = tf.Variable(clean_share_at(config, 0), trainable=False)
     def train_ds(phase):
-        augment = make_augment(config, seed, config["corrupt_p"][phase], clean_share)
+        augment = make_augment(config, seed, config["corrupt_p"][phase], clean_share, appearance=phase == 1)
         return make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed, MIXES[config.get("mix", "none")])
     # Both are traced now: TensorFlow reads a function's source from its file when it first traces
     # it, and phase 2's corruptions, traced later, would read lines an edit had moved.
@@ -484,6 +486,16 @@ FLAGS = {  # preset key: its flag's argparse settings; --phase1-epochs sets phas
                                       "never. The best epoch is kept either way"),
     "mix": dict(choices=MIXES, help="mix each training batch's images and labels in pairs: MixUp or CutMix"),
     "corrupt_p": dict(type=SHARE, help="phase 2: each corruption's share of the images"),
+    "colour_p": dict(type=SHARE, help="phase 2: each broad colour change's share of the images (hue turned anywhere, "
+                                      "channels shuffled or shifted by up to half the range, solarized, coloured cut-outs)"),
+    "randconv_p": dict(type=SHARE, help="phase 2: share of the images through a random convolution (RandConv)"),
+    "apr_p": dict(type=SHARE, help="phase 2: share of the images given another's Fourier amplitude (APR-P)"),
+    "colour_constancy": dict(action=argparse.BooleanOptionalAction,
+                             help="the network's first layer maps each image's colours to a reference frame"),
+    "ibn": dict(action=argparse.BooleanOptionalAction,
+                help="ResNet10: instance normalisation on half the channels of the stem and stages 1-2 (IBN-a)"),
+    "antialias": dict(action=argparse.BooleanOptionalAction,
+                      help="ResNet10: a fixed blur before the stride-4 stem (BlurPool's anti-aliasing)"),
     "clean_share": dict(type=SHARE, nargs="+", metavar="SHARE",
                         help="share of the images spared the corruptions; two values: phase 2's first and last "
                              "epoch's, a straight line between"),

@@ -168,9 +168,12 @@ def test_our_resnet10_has_no_pretrained_weights():
         model.build_network("ResNet10", backbone_weights="imagenet")
 
 
-@pytest.mark.parametrize("input_size", [96, 64])
-def test_our_resnet10_predicts_with_its_batch_norms_and_scaling_folded_into_its_convolutions(input_size, tmp_path):
-    architecture = {"backbone": "ResNet10", "input_size": input_size, "dropout": 0.2}
+@pytest.mark.parametrize("input_size, ibn, colour_constancy, antialias", [(96, False, False, False), (64, False, False, False),
+                                                                        (96, True, True, True)])
+def test_our_resnet10_predicts_with_its_batch_norms_and_scaling_folded_into_its_convolutions(input_size, ibn, colour_constancy,
+                                                                                             antialias, tmp_path):
+    architecture = {"backbone": "ResNet10", "input_size": input_size, "dropout": 0.2, "ibn": ibn,
+                    "colour_constancy": colour_constancy, "antialias": antialias}
     network = model.build_network(**architecture)
     rng = np.random.default_rng(0)
     for layer in network.get_layer("resnet10").layers:  # statistics as training leaves them, far from 0 and 1
@@ -178,6 +181,10 @@ def test_our_resnet10_predicts_with_its_batch_norms_and_scaling_folded_into_its_
             gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
             layer.set_weights([rng.uniform(0.5, 2, gamma), rng.normal(0, 0.5, beta),
                                rng.normal(0, 0.5, mean), rng.uniform(0.005, 2, variance)])
+        if layer.name.endswith("_in"):  # IBN's per-image half: its scale and offset are copied, not folded
+            gamma, beta = (w.shape for w in layer.get_weights())
+            layer.set_weights([rng.uniform(0.5, 2, gamma), rng.normal(0, 0.5, beta)])
+    assert ibn == any(layer.name.endswith("_in") for layer in network.get_layer("resnet10").layers)
     model.save_network(network, architecture, tmp_path / "weights.npz")
     bundled = model.Model(tmp_path, tta=False)
     assert not any(layer.name.endswith("_bn") for layer in bundled.networks[0].get_layer("resnet10").layers)
@@ -190,3 +197,46 @@ def test_our_resnet10_predicts_with_its_batch_norms_and_scaling_folded_into_its_
     folded = bundled.networks[0].get_layer("resnet10")(x, training=False).numpy()  # scaling folded in too
     assert features.std() > 1
     np.testing.assert_allclose(folded, features, atol=1e-4 * np.abs(features).max())
+
+
+def test_colour_constancy_sees_through_channel_swaps_casts_and_hue_turns():
+    import evaluate
+    rng = np.random.default_rng(5)  # smears: a pale pink field, a purple disc, some texture
+    disc = (np.mgrid[:96, :96] - 48) ** 2
+    disc = (disc.sum(0) < 24 ** 2)[None, ..., None]
+    images = np.where(disc, [110, 60, 150], [235, 210, 205]) + rng.normal(0, 12, (16, 96, 96, 3))
+    images = images.clip(0, 255).astype(np.uint8)
+    layer = model.ColourConstancy()
+    def seen(x):
+        return layer(np.asarray(x, np.float32)).numpy()
+    plain = seen(images)
+    assert np.isfinite(plain).all() and plain.std() > 10
+    for swapped in (images[..., ::-1], images[..., [1, 2, 0]]):  # a mirror and a turn of the colour wheel: exact
+        np.testing.assert_allclose(seen(swapped), plain, atol=1e-2)
+    cast = np.clip(images.astype(np.float32) * 0.8 + np.array([10, -5, 20]), 0, 255)  # a gain and a cast
+    for changed in (cast, evaluate.corrupt(images, "hue_rotation", 3)):
+        moved, raw = np.abs(seen(changed) - plain).mean(), np.abs(changed.astype(np.float32) - images).mean()
+        assert moved < 0.25 * raw, (moved, raw)
+    assert np.isfinite(seen(np.full((2, 96, 96, 3), 128, np.uint8))).all()  # no colour at all: no NaN
+
+
+def test_colour_constancy_and_ibn_round_trip_through_a_bundle_and_ibn_is_resnet10_only(tmp_path):
+    architecture = {"backbone": "MobileNetV3Small", "input_size": 96, "dropout": 0.2, "colour_constancy": True}
+    network = model.build_network(**architecture)
+    assert network.layers[1].name == "colour_constancy"  # first, before the backbone's own preprocessing
+    model.save_network(network, architecture, tmp_path / "weights.npz")
+    images = learnable_images(3)[0]
+    np.testing.assert_allclose(model.Model(tmp_path, tta=False).predict_proba(images),
+                               network.predict(images.astype(np.float32), verbose=0), atol=1e-5)
+    for lever in ("ibn", "antialias"):
+        with pytest.raises(ValueError, match="only our ResNet10"):
+            model.build_network("MobileNetV3Small", **{lever: True})
+
+
+def test_antialiasing_blurs_away_what_a_stride_of_4_would_alias():
+    # a checkerboard of period 2 (all above the stride-4 stem's Nyquist) becomes flat grey; a
+    # constant stays itself, edges included (no dark frame)
+    checker = (np.indices((96, 96)).sum(0) % 2 * 255.0)[None, ..., None].repeat(3, -1).astype(np.float32)
+    blurred = model.Blur()(checker).numpy()
+    assert blurred[:, 4:-4, 4:-4].std() < 0.1 * checker.std()
+    np.testing.assert_allclose(model.Blur()(np.full((1, 96, 96, 3), 200.0, np.float32)).numpy(), 200.0, atol=1e-3)
