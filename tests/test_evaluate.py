@@ -133,6 +133,23 @@ def test_seen_and_unseen_families_split_the_suite():
     assert set(evaluate.MIXED_FROM) <= set(evaluate.CORRUPTIONS)
 
 
+def test_the_headline_keeps_ten_or_more_families_and_the_old_thirteen_are_reported_beside_it():
+    assert len(evaluate.UNSEEN_NAMES) >= 10
+    assert set(evaluate.UNSEEN_BEFORE) <= set(evaluate.CORRUPTIONS)
+    assert {"hue_rotation", "channel_swap"} <= set(evaluate.SEEN_NAMES)  # --colour-p trains with them
+
+    class Darkness:  # a stand-in network: dark images are class 0, the rest class 1
+        def predict(self, x):
+            return (np.asarray(x).mean(axis=(1, 2, 3)) > 150).astype(int)
+    images, labels = cell_images(8, seed=9), np.ones(8, int)
+    names = list(evaluate.UNSEEN_BEFORE) + ["zoom_blur"]
+    r = evaluate.robustness(Darkness(), images, labels, labels, seed=0, severities=(1, 3), names=names)
+    assert r["unseen_before_mean"] == pytest.approx(np.mean([r["corruptions"][n]["mean"] for n in evaluate.UNSEEN_BEFORE]))
+    assert r["unseen_mean"] == pytest.approx(np.mean([r["corruptions"][n]["mean"] for n in names
+                                                      if n in evaluate.UNSEEN_NAMES]))
+    assert "unseen_before_mean" not in evaluate.robustness(Darkness(), images, labels, labels, 0, (1,), names[1:])
+
+
 def test_severities_make_the_same_random_choices():
     # one seed, three severities: the same direction each time, only further (darker stays darker)
     images = cell_images(8, seed=6)
