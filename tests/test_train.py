@@ -1,6 +1,7 @@
 """The recipe's parts: focal loss, freezing, the held-out split, backbone weights, the strategy."""
 import json
 import os
+import re
 import subprocess
 import sys
 from itertools import pairwise
@@ -155,6 +156,24 @@ def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
     with pytest.raises(data.DataError):  # --overwrite goes on, to the data
         train.train(config, tmp_path / "absent.npz", out, overwrite=True, command=args.command)
 
+
+def test_every_folder_the_tools_write_or_suggest_is_ignored_by_git(tmp_path, monkeypatch):
+    # what they hold is made from the training images: `git add .` must never pick it up
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    monkeypatch.chdir(tmp_path)  # the refusal suggests a folder beside the one given, as make train would
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "weights.npz").write_bytes(b"a finished run")
+    args, config = train.parse_args(["--preset", "tiny"])
+    with pytest.raises(SystemExit) as refusal:
+        train.train(config, "absent.npz", "weights", command=args.command)
+    suggested = re.search(r"WEIGHTS=(\S+)", str(refusal.value)).group(1)
+    defaults = dict(re.findall(r"^(\w+) \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE))
+    written = [f"{suggested}/weights.npz", f"{defaults['WEIGHTS']}/checkpoint/latest.json", defaults["DATA"],
+               defaults["SUBMISSION"], f"{defaults['REPORTS']}/evaluation.json", "reports-quick/robustness.png",
+               "runs/seed1/weights.npz", ".venv"]  # runs/: the README's ensembles
+    run = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *written], capture_output=True, text=True)
+    assert run.stdout.split() == written, f"not ignored: {sorted(set(written) - set(run.stdout.split()))}"
 
 def test_a_large_network_without_a_gpu_gets_one_line_of_advice(monkeypatch):
     network = model.build_network("MobileNetV3Small")
