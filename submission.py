@@ -82,7 +82,9 @@ def check_bundle(zip_path, images, labels=None):
         run = subprocess.run([sys.executable, "-I", "-c", SCORER, str(inputs)], cwd=folder, env=env,
                              capture_output=True, text=True)
     if run.returncode != 0:
-        raise BundleError(f"the scorer's process failed (exit {run.returncode}):\n{run.stderr.strip()[-4000:]}")
+        # without the lines TensorFlow prints on import everywhere, which would push the error out of sight
+        raise BundleError(f"the scorer's process failed (exit {run.returncode}):\n"
+                          f"{data.drop_harmless(run.stderr).strip()[-4000:]}")
     report = json.loads(run.stdout.strip().splitlines()[-1])
     labels_out = np.array(report.pop("labels"))
     float_labels = np.array(report.pop("float_labels"))

@@ -201,11 +201,47 @@ def test_importing_tensorflow_drops_the_cuda_plugin_lines():
     assert run.returncode == 0 and "Unable to register" not in run.stderr
 
 
-def test_the_cuda_plugin_filter_lets_every_other_line_through(capfd):
-    noise = (b"E0000 cuda_dnn.cc:8454] Unable to register cuDNN factory: Attempting to register factory for plugin "
-             b"cuDNN when one has already been registered\n")
-    assert data.without_cuda_plugin_noise(lambda: os.write(2, b"a real error\n" + noise + b"another\n") and 7) == 7
+HARMLESS_LINES = (b"E0000 cuda_dnn.cc:8454] Unable to register cuDNN factory: Attempting to register factory for plugin "
+                  b"cuDNN when one has already been registered\n"
+                  b"E tensorflow/core/util/util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512. "
+                  b"Falling back to the default Eigen-based implementation if present.\n"
+                  b"W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: Could not find TensorRT\n")
+
+
+def test_the_harmless_lines_filter_lets_every_other_line_through(capfd):
+    written = b"a real error\n" + HARMLESS_LINES + b"another\n"
+    assert data.without_harmless_lines(lambda: os.write(2, written) and 7) == 7
     assert capfd.readouterr().err == "a real error\nanother\n"
+    assert data.drop_harmless(written.decode()) == "a real error\nanother\n"
+
+
+def run_our_program(folder, code):
+    """code run as a program of ours: a file beside data.py and model.py, as train.py is."""
+    folder.mkdir(exist_ok=True)
+    for name in ("data.py", "model.py"):
+        (folder / name).write_text((ROOT / name).read_text())
+    (folder / "program.py").write_text(code)
+    return subprocess.run([sys.executable, str(folder / "program.py")], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def test_our_programs_drop_tensorflows_harmless_lines_while_they_run_and_nothing_else(tmp_path):
+    # the oneDNN line comes mid-run, from TensorFlow's C++ code (here a graph's int32 transpose), so the
+    # filter must stay on fd 2 after the import; the error line after it and the traceback must come out
+    run = run_our_program(tmp_path, "import os, sys\nimport data\nimport tensorflow as tf\n"
+                                    "tf.function(tf.transpose)(tf.constant([[1, 2], [3, 4]]))\n"
+                                    f"os.write(2, {HARMLESS_LINES!r})\n"
+                                    "os.write(2, b'E a real error from C++\\n')\n"
+                                    "print('on stdout')\n"
+                                    "raise RuntimeError('a real failure')\n")
+    assert run.returncode == 1 and run.stdout == "on stdout\n"
+    for name in data.HARMLESS:  # no line of the plugins or the oneDNN check, at import or later
+        assert name not in run.stderr, run.stderr
+    assert run.stderr.startswith("E a real error from C++\nTraceback")  # in order, every line of it
+    assert run.stderr.endswith("RuntimeError: a real failure\n")
+    # a crash leaves no time to flush anything: the line before it still comes out
+    crash = run_our_program(tmp_path, "import os\nimport data\nos.write(2, b'F a fatal check failed\\n')\nos.abort()\n")
+    assert crash.returncode != 0 and crash.stderr == "F a fatal check failed\n"
 
 
 def test_a_width_or_a_backbone_without_imagenet_weights_says_to_train_from_scratch(monkeypatch):
