@@ -18,7 +18,7 @@ import csv
 import io
 import math
 import os
-import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ import tensorflow as tf
 import keras
 
 from augment import MIXES, clean_share_at, follow_clean_share, make_augment, make_dataset
-from checkpoint import Checkpoint, log, phase_name, run_phase, start_or_resume
+from checkpoint import Checkpoint, Stopped, log, phase_name, run_phase, start_or_resume, stopping_cleanly
 from outliers import find_outliers
 from model import BACKBONES, NUM_CLASSES, build_network, load_network, save_network
 
@@ -275,7 +275,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     if state and state["split"]["fingerprint"] != data.fingerprint(images, labels):
         sys.exit(f"the checkpoint in {checkpoint.folder} was made from other data than {data_path}")
     if state is None:
-        shutil.rmtree(checkpoint.folder, ignore_errors=True)  # an interrupted run that --overwrite discards
+        checkpoint.remove()  # an interrupted run that --overwrite discards
         state = new_run(images, labels, config, seed, split_seed, keep_outliers, data_path)
     checkpoint.state = state
     train_idx, val_idx = (np.array(state["split"][k], dtype=np.int64) for k in ("train", "validation"))
@@ -318,7 +318,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     save_weights(network, config, out / "weights.npz", images[val_idx])
     data.write_json(out / "split.json", {**state["split"], "config": config})
     save_history(state["history"], out)
-    shutil.rmtree(checkpoint.folder)
+    checkpoint.remove(then_stop=False)  # the run is complete: a Ctrl-C now changes nothing
     return state["history"]
 
 
@@ -536,14 +536,35 @@ def parse_args(argv=None):
     return args, config
 
 
+def stopped(signum, out, command):
+    """The line a run stopped by a signal ends with: what its checkpoint keeps, and the command that goes on."""
+    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    checkpoint = Checkpoint(Path(out) / "checkpoint")
+    state = checkpoint.load()
+    if state is None:
+        again = command.train(**({"OVERWRITE": 1} if (Path(out) / "weights.npz").is_file() else {}))
+        return f"stopped by {how} before the first epoch's checkpoint, so nothing is kept: start again with {again}"
+    config = {RENAMED.get(key, key): value for key, value in state["config"].items()}
+    if state["phase"] == "finetune" and state["epoch"] == 0:
+        kept = "phase 1 complete, phase 2 not begun"
+    else:
+        epochs = config["phase1_epochs" if state["phase"] == "head" else "phase2_epochs"]
+        kept = f"{phase_name(state['phase'])}, epoch {state['epoch']} of {epochs}"
+    return f"stopped by {how}: {checkpoint.folder} keeps {kept}; continue with {command.train(RESUME=1)}"
+
+
 if __name__ == "__main__":
     args, config = parse_args()
     changed = {key: value for key, value in config.items() if value != PRESETS[args.preset].get(key)}
     log(f"preset {args.preset}" + ("".join(f"\n  {key}: {value}" for key, value in changed.items()) if changed else ""))
     try:
-        train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume, overwrite=args.overwrite,
-              split_seed=args.split_seed, command=args.command)
+        with stopping_cleanly():
+            train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume,
+                  overwrite=args.overwrite, split_seed=args.split_seed, command=args.command)
     except data.DataError as e:
         sys.exit(f"error: {e}")
+    except Stopped as stop:
+        log(stopped(stop.signum, args.out, args.command))
+        sys.exit(128 + stop.signum)  # as a shell reports a process its signal ended
     log(f"next: {args.command.then('submission')} (the bundle to upload), then {args.command.then('evaluate')} "
         "(accuracy on the held-out images, clean and corrupted)")
