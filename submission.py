@@ -134,6 +134,21 @@ def build_bundle(weights_dirs, out, images, labels=None):
     return report
 
 
+def run_record(folder):
+    """The split.json train.py wrote in folder (the run's config, precision, ...), or {} without one."""
+    try:
+        return json.loads((Path(folder) / "split.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def precision(weights_dirs):
+    """Which precision each run's weights ship in, and why, as train.py decided it."""
+    said = [run_record(folder).get("precision", {}).get("why") or "precision not recorded (an older train.py)"
+            for folder in weights_dirs]
+    return said[0] if len(said) == 1 else "; ".join(f"{folder}: {why}" for folder, why in zip(weights_dirs, said))
+
+
 def describe(report):
     held_out = "accuracy" in report
     text = (f"loaded in {report['load_seconds']:.1f} s, predicted {report['images']} "
@@ -160,8 +175,9 @@ def main():
         else:
             report = build_bundle(args.weights, args.out, images, labels)
             size = Path(args.out).stat().st_size / 2**20
-            print(f"wrote {args.out} ({size:.1f} MB): {describe(report)}. Upload it on the challenge's "
-                  "Codabench page: My Submissions, then the phase, then submit the zip")
+            print(f"wrote {args.out} ({size:.1f} MB): {describe(report)}")
+            print(f"weights in {precision(args.weights)}")
+            print("Upload it on the challenge's Codabench page: My Submissions, then the phase, then submit the zip")
     except (BundleError, zipfile.BadZipFile, FileNotFoundError) as e:
         sys.exit(f"submission check failed: {e}")
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 import augment
 import data
 import model
+import submission
 import train
 from conftest import ROOT, learnable_images
 
@@ -344,6 +345,51 @@ def test_zero_epochs_of_both_phases_write_the_untrained_network(learnable_npz, t
     for a, b in zip(untrained.get_weights(), saved.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)  # float16 storage, at most
     assert (tmp_path / "history.csv").read_text().splitlines() == ["phase,epoch"]
+
+
+class Answers:
+    """Stands for a network in save_weights: it predicts the labels given, and stores one weight."""
+    def __init__(self, predicted):
+        self.predicted = predicted
+
+    def get_weights(self):
+        return [np.linspace(0, 1, 16, dtype=np.float32)]
+
+    def predict(self, x, verbose=0):
+        return np.eye(8)[self.predicted]
+
+
+@pytest.mark.parametrize("turned_wrong, turned_right, shipped", [
+    (1, 0, "float16"),  # one image of a thousand on the edge between two classes: the zip stays half the size
+    (1, 1, "float16"),  # two labels changed, as many images right
+    (2, 0, "float32"),  # two images fewer right: float16 costs accuracy
+    (0, 2, "float32"),  # or gains it by chance: float32 is what was validated
+])
+def test_float16_ships_when_it_gets_as_many_check_images_right_within_one(turned_wrong, turned_right, shipped,
+                                                                           tmp_path, monkeypatch, capsys):
+    labels = np.arange(1000) % 8
+    float32 = np.where(np.arange(1000) < 900, labels, (labels + 1) % 8)  # 900 right, 100 wrong
+    float16 = float32.copy()
+    float16[:turned_wrong] = (labels[:turned_wrong] + 1) % 8
+    float16[900:900 + turned_right] = labels[900:900 + turned_right]
+    monkeypatch.setattr(train, "load_network", lambda path: (Answers(float16), {}))
+    path = tmp_path / "weights.npz"
+    precision = train.save_weights(Answers(float32), train.PRESETS["tiny"], path, np.zeros((1000, 1, 1, 3)), labels)
+    assert precision["dtype"] == shipped and np.load(path)["w0000"].dtype == shipped
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.npz"]
+    counts = f"float16 gets {np.sum(float16 == labels)} of 1000 validation images right, float32 900"
+    assert precision["why"].startswith(f"{shipped}: {counts}")
+    assert f"{precision['why']})" in capsys.readouterr().out  # the log line says it
+
+
+def test_make_submission_says_which_precision_each_run_ships_in(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for run, why in zip(runs, ("float16: as float32 within one image", "float32: more than one image apart")):
+        run.mkdir()
+        (run / "split.json").write_text(json.dumps({"precision": {"dtype": why[:7], "why": why}}))
+    assert submission.precision(runs[:1]) == "float16: as float32 within one image"
+    assert submission.precision(runs) == (f"{runs[0]}: float16: as float32 within one image; {runs[1]}: float32: more "
+                                          f"than one image apart; {runs[2]}: precision not recorded (an older train.py)")
 
 
 def test_the_same_seed_gives_the_same_cleaning_and_split():
