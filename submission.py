@@ -25,6 +25,12 @@ import data
 from model import IMAGE_SIZE, NUM_CLASSES, WEIGHTS_GLOB
 
 ROOT = Path(__file__).resolve().parent
+# What a bundle must show before it is called ready to upload, here for both train.py and this file
+CHANCE = 1 / NUM_CLASSES  # a uniform guess's accuracy
+WORTH_UPLOADING = 3 * CHANCE  # below it a network has learnt next to nothing; the cpu preset scores 0.98
+SMOKE_PRESETS = ("tiny",)  # presets that test the code in minutes, not make a classifier
+MAKE_DEFAULTS = {"PRESET": "seed", "DATA": "data/training_set.npz", "WEIGHTS": "weights",
+                 "SUBMISSION": "submission/submission.zip"}  # the Makefile's
 
 # What the scorer does, run in the unpacked folder by a fresh interpreter (python -I: no
 # PYTHONPATH, no user site-packages, not even this project on the path).
@@ -149,6 +155,52 @@ def precision(weights_dirs):
     return said[0] if len(said) == 1 else "; ".join(f"{folder}: {why}" for folder, why in zip(weights_dirs, said))
 
 
+def not_worth_uploading(records, accuracy=None, images="held-out"):
+    """Why a bundle is not worth uploading, in words, or None. records: {folder: its split.json}, one
+    per run in the bundle; accuracy: on its held-out images (validation ones at training's end)."""
+    for folder, record in records.items():
+        whose = f"{folder}: " if len(records) > 1 else ""
+        if record.get("trained_epochs") == 0:
+            return f"{whose}it trained no epochs, its weights are random"
+        if record.get("preset") in SMOKE_PRESETS:
+            return f"{whose}a run of the {record['preset']} preset is a smoke test of the code, it learns little"
+    if accuracy is not None and accuracy < WORTH_UPLOADING:
+        return (f"its {images} accuracy {accuracy:.3f} is near chance: a uniform guess scores {CHANCE:.3f}, and "
+                f"under {WORTH_UPLOADING:.3f} a network has learnt next to nothing")
+    return None
+
+
+def warning(reason, on_a_cpu, with_a_gpu):
+    """The last words on a bundle not worth uploading: why, and the make train commands to run instead."""
+    return (f"warning: not worth uploading: {reason}. Train a network that learns instead: {on_a_cpu} (on a CPU) "
+            f"or {with_a_gpu} (with a GPU), then make submission")
+
+
+def make_command(target, **variables):
+    """make target with the variables that differ from the Makefile's defaults."""
+    words = [f'{k}="{v}"' if " " in str(v) else f"{k}={v}"
+             for k, v in variables.items() if v is not None and str(v) != MAKE_DEFAULTS.get(k)]
+    return " ".join(["make", target, *words])
+
+
+def last_words(report, weights, data_path, zip_path, records=None):
+    """The line a check ends with when it has something to add: a warning for a bundle not worth
+    uploading, or, for one checked on noise images, that its accuracy is unchecked and how to check it."""
+    reason = not_worth_uploading(records or {}, report.get("accuracy"))
+    folder = " ".join(map(str, weights))
+    if reason:
+        where = {"DATA": data_path, "WEIGHTS": folder}
+        return warning(reason, make_command("train", PRESET="cpu", **where, OVERWRITE=1),
+                       make_command("train", **where, OVERWRITE=1))
+    if "accuracy" not in report:
+        record = run_record(weights[0])
+        check = make_command("check-submission", SUBMISSION=zip_path, DATA=record.get("data", "<its training file>"),
+                             WEIGHTS=folder if record else "<the folder train.py wrote>")
+        return (f"its accuracy is unchecked: the check ran on noise images only. Check it on its held-out images "
+                f"before uploading: {check}")
+    return None
+
+
 def describe(report):
     held_out = "accuracy" in report
     text = (f"loaded in {report['load_seconds']:.1f} s, predicted {report['images']} "
@@ -171,16 +223,21 @@ def main():
     images, labels = check_images(args.data, args.weights[0], args.images)
     try:
         if args.check:
-            print(f"{args.check}: OK, {describe(check_bundle(args.check, images, labels))}")
+            report = check_bundle(args.check, images, labels)
+            print(f"{args.check}: OK, {describe(report)}")
+            ending = last_words(report, args.weights, args.data, args.check)
         else:
             report = build_bundle(args.weights, args.out, images, labels)
             size = Path(args.out).stat().st_size / 2**20
             print(f"wrote {args.out} ({size:.1f} MB): {describe(report)}")
             print(f"weights in {precision(args.weights)}")
-            print("Upload it on the challenge's Codabench page: My Submissions, then the phase, then submit the zip")
+            ending = last_words(report, args.weights, args.data, args.out, {w: run_record(w) for w in args.weights})
+            ending = ending or ("Upload it on the challenge's Codabench page: My Submissions, then the phase, then "
+                                "submit the zip")
     except (BundleError, zipfile.BadZipFile, FileNotFoundError) as e:
         sys.exit(f"submission check failed: {e}")
-
+    if ending:
+        print(ending)
 
 if __name__ == "__main__":
     main()

@@ -34,6 +34,7 @@ from augment import MIXES, clean_share_at, follow_clean_share, make_augment, mak
 from checkpoint import Checkpoint, Stopped, log, phase_name, run_phase, start_or_resume, stopping_cleanly
 from outliers import find_outliers
 from model import BACKBONES, NUM_CLASSES, build_network, load_network, save_network
+from submission import not_worth_uploading, run_record, warning
 
 # Configuration as plain data: the seed recipe, and presets that say what they change from it.
 BASE = dict(
@@ -276,7 +277,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
         sys.exit(f"the checkpoint in {checkpoint.folder} was made from other data than {data_path}")
     if state is None:
         checkpoint.remove()  # an interrupted run that --overwrite discards
-        state = new_run(images, labels, config, seed, split_seed, keep_outliers, data_path)
+        state = new_run(images, labels, config, seed, split_seed, keep_outliers, data_path, command.variables["PRESET"])
     checkpoint.state = state
     train_idx, val_idx = (np.array(state["split"][k], dtype=np.int64) for k in ("train", "validation"))
     log(f"{len(train_idx)} training, {len(val_idx)} validation and {len(state['split']['holdout'])} held-out images")
@@ -316,7 +317,8 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
 
     # the finished run: weights, split and history renamed into place, then the checkpoint goes
     precision = save_weights(network, config, out / "weights.npz", images[val_idx], labels[val_idx])
-    data.write_json(out / "split.json", {**state["split"], "config": config, "precision": precision})
+    data.write_json(out / "split.json", {**state["split"], "config": config, "preset": state.get("preset"),
+                                         "trained_epochs": len(state["history"]), "precision": precision})
     save_history(state["history"], out)
     checkpoint.remove(then_stop=False)  # the run is complete: a Ctrl-C now changes nothing
     return state["history"]
@@ -345,13 +347,14 @@ def resumed_config(state, config):
     return state["config"]
 
 
-def new_run(images, labels, config, seed, split_seed, keep_outliers, data_path):
-    """A fresh run's state: the config, and the split made now."""
+def new_run(images, labels, config, seed, split_seed, keep_outliers, data_path, preset=None):
+    """A fresh run's state: the config (of preset, by name), and the split made now."""
     train_idx, val_idx, holdout_idx, removed = split_data(images, labels, config, split_seed, keep_outliers)
     split = {"fingerprint": data.fingerprint(images, labels), "data": str(data_path), "split_seed": split_seed,
              "holdout": holdout_idx.tolist(), "validation": val_idx.tolist(), "train": train_idx.tolist(),
              "removed": removed}
-    return {"config": config, "seed": seed, "split": split, "phase": "head", "epoch": 0, "history": [], "callbacks": {}}
+    return {"config": config, "preset": preset, "seed": seed, "split": split, "phase": "head", "epoch": 0, "history": [],
+            "callbacks": {}}
 
 
 def save_weights(network, config, path, check_images, check_labels):
@@ -378,10 +381,18 @@ def float16_verdict(labels, float32_predicted, float16_predicted):
     on the edge between two classes may flip either way, and one such flip of a thousand would double
     the zip. Their count of right images must be within one of float32's."""
     right32, right16 = int(np.sum(float32_predicted == labels)), int(np.sum(float16_predicted == labels))
-    counts = f"float16 gets {right16} of {len(labels)} validation images right, float32 {right32}"
+    counts = f"{right16} of {len(labels)} validation images right, float32 {right32}"
     if abs(right16 - right32) <= 1:
         return True, f"float16: {counts}, within one image, at half the size"
-    return False, f"float32: {counts}, more than one image apart"
+    return False, f"float32: float16 gets {counts}, more than one image apart"
+
+
+def kept_epoch(rows):
+    """The index in rows of the epoch whose weights the run ends with, or None for no epochs: the best
+    validation loss of the last phase that trained (early stopping's: the first of equals, never NaN)."""
+    last = [i for i, row in enumerate(rows) if row["phase"] == rows[-1]["phase"]] if rows else []
+    scored = [i for i in last if math.isfinite(float(rows[i].get("val_loss", "nan")))]
+    return min(scored, key=lambda i: float(rows[i]["val_loss"])) if scored else (last[-1] if last else None)
 
 
 def save_history(rows, out):
@@ -547,6 +558,20 @@ def parse_args(argv=None):
     return args, config
 
 
+def last_words(rows, out, command):
+    """What a finished run ends with: the commands that follow, and for a bundle not worth uploading,
+    a warning that says why and what to train instead."""
+    kept = kept_epoch(rows)
+    accuracy = rows[kept].get("val_accuracy") if kept is not None else None
+    reason = not_worth_uploading({out: run_record(out)}, accuracy, images="validation")
+    if reason is None:
+        return [f"next: {command.then('submission')} (the bundle to upload), then {command.then('evaluate')} "
+                "(accuracy on the held-out images, clean and corrupted)"]
+    return [f"next: {command.then('submission')} packs it and {command.then('evaluate')} scores it, but:",
+            warning(reason, command.train(keep_flags=False, PRESET="cpu", OVERWRITE=1),
+                    command.train(keep_flags=False, PRESET="seed", OVERWRITE=1))]
+
+
 def stopped(signum, out, command):
     """The line a run stopped by a signal ends with: what its checkpoint keeps, and the command that goes on."""
     how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
@@ -570,12 +595,12 @@ if __name__ == "__main__":
     log(f"preset {args.preset}" + ("".join(f"\n  {key}: {value}" for key, value in changed.items()) if changed else ""))
     try:
         with stopping_cleanly():
-            train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume,
-                  overwrite=args.overwrite, split_seed=args.split_seed, command=args.command)
+            rows = train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume,
+                         overwrite=args.overwrite, split_seed=args.split_seed, command=args.command)
     except data.DataError as e:
         sys.exit(f"error: {e}")
     except Stopped as stop:
         log(stopped(stop.signum, args.out, args.command))
         sys.exit(128 + stop.signum)  # as a shell reports a process its signal ended
-    log(f"next: {args.command.then('submission')} (the bundle to upload), then {args.command.then('evaluate')} "
-        "(accuracy on the held-out images, clean and corrupted)")
+    for line in last_words(rows, args.out, args.command):
+        log(line)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import zipfile
 from itertools import pairwise
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -59,12 +60,20 @@ def score_unpacked(zip_path, images, folder):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def last_line(out):
+    """The command's own last line, under make -C's "Leaving directory"."""
+    return [line for line in out.strip().splitlines() if not line.startswith("make: ")][-1]
+
+
 def train_and_bundle(data_path, tmp_path):
     weights, zip_path = tmp_path / "weights", tmp_path / "submission" / "submission.zip"
     out = make("train", f"DATA={data_path}", "PRESET=tiny", f"WEIGHTS={weights}")
     assert "held-out images" in out and "wrote" in out
+    smoke = "warning: not worth uploading: a run of the tiny preset is a smoke test of the code"
+    assert smoke in last_line(out)  # its last words: packed, tested, never called ready
     out = make("submission", f"DATA={data_path}", f"WEIGHTS={weights}", f"SUBMISSION={zip_path}")
     assert "held-out accuracy" in out and "weights in float" in out  # which precision ships, and why
+    assert last_line(out).startswith(smoke)
     with zipfile.ZipFile(zip_path) as z:
         assert sorted(z.namelist()) == ["model.py", "weights.npz"]
     split = json.loads((weights / "split.json").read_text())
@@ -168,3 +177,52 @@ def test_a_check_without_the_training_file_says_it_ran_on_noise_only(tmp_path, m
 def test_checking_a_zip_that_is_not_there_says_make_submission_first(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no zip at .*run make submission first"):
         run_submission(monkeypatch, "--check", tmp_path / "submission.zip")
+
+
+def a_run(folder, **record):
+    """A weights folder as train.py leaves it, as far as make submission reads it: split.json."""
+    folder.mkdir()
+    (folder / "split.json").write_text(json.dumps({"data": "data/training_set.npz", **record}))
+    return folder
+
+
+def submission_says(monkeypatch, capsys, weights, accuracy):
+    """make submission's output for weights whose check gets accuracy (None: checked on noise only)."""
+    def build_bundle(weights_dirs, out, images, labels=None):
+        Path(out).write_bytes(b"a zip")
+        return {"load_seconds": 1.0, "predict_seconds": 1.0, "images": len(images),
+                **({} if accuracy is None else {"accuracy": accuracy})}
+    monkeypatch.setattr(submission, "build_bundle", build_bundle)
+    monkeypatch.setattr(submission, "check_images", lambda *args: (learnable_images(4)[0], None))
+    run_submission(monkeypatch, "--weights", weights, "--out", weights.parent / "submission.zip")
+    return capsys.readouterr().out.strip().splitlines()
+
+
+@pytest.mark.parametrize("record, accuracy, why", [
+    ({"preset": "tiny", "trained_epochs": 0}, 0.0541, "it trained no epochs, its weights are random"),
+    ({"preset": "tiny", "trained_epochs": 16}, 0.31, "a run of the tiny preset is a smoke test of the code"),
+    ({"preset": "cpu", "trained_epochs": 108}, 0.0541, "its held-out accuracy 0.054 is near chance"),
+])
+def test_a_bundle_not_worth_uploading_ends_with_a_warning_saying_why_and_what_to_train(record, accuracy, why, tmp_path,
+                                                                                       monkeypatch, capsys):
+    lines = submission_says(monkeypatch, capsys, a_run(tmp_path / "run", **record), accuracy)
+    assert lines[0].startswith(f"wrote {tmp_path / 'submission.zip'}")  # still packed: an upload can be tried with it
+    assert not any("Upload it" in line for line in lines)
+    assert lines[-1].startswith(f"warning: not worth uploading: {why}")
+    assert f"make train PRESET=cpu WEIGHTS={tmp_path / 'run'} OVERWRITE=1 (on a CPU)" in lines[-1]
+
+
+def test_a_bundle_that_learnt_is_called_ready_and_one_checked_on_noise_says_its_accuracy_is_unchecked(
+        tmp_path, monkeypatch, capsys):
+    run = a_run(tmp_path / "run", preset="cpu", trained_epochs=108)
+    assert submission_says(monkeypatch, capsys, run, 0.98)[-1].startswith("Upload it on the challenge's Codabench page")
+    last = submission_says(monkeypatch, capsys, run, None)[-1]
+    assert last.startswith("its accuracy is unchecked: the check ran on noise images only")
+    assert last.endswith(f"make check-submission SUBMISSION={tmp_path / 'submission.zip'} WEIGHTS={run}")
+
+
+def test_the_chance_level_is_a_uniform_guess_and_a_bundle_must_beat_it_well():
+    assert submission.CHANCE == 1 / model.NUM_CLASSES and submission.WORTH_UPLOADING > 2 * submission.CHANCE
+    assert submission.not_worth_uploading({}, submission.WORTH_UPLOADING) is None
+    assert "near chance" in submission.not_worth_uploading({}, submission.WORTH_UPLOADING - 0.01)
+    assert submission.not_worth_uploading({"a": {}, "b": {"trained_epochs": 0}}).startswith("b: it trained no epochs")

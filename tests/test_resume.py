@@ -338,7 +338,7 @@ def test_editing_the_code_while_it_trains_does_not_break_the_run(learnable_npz, 
     # traced when phase 2 began, then read lines an edit had moved, and the run crashed
     code = tmp_path / "code"
     code.mkdir()
-    for name in ("train.py", "augment.py", "checkpoint.py", "model.py", "data.py", "outliers.py"):
+    for name in ("train.py", "augment.py", "checkpoint.py", "model.py", "data.py", "outliers.py", "submission.py"):
         shutil.copy(ROOT / name, code / name)
     out = tmp_path / "weights"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -345,6 +345,7 @@ def test_zero_epochs_of_both_phases_write_the_untrained_network(learnable_npz, t
     for a, b in zip(untrained.get_weights(), saved.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)  # float16 storage, at most
     assert (tmp_path / "history.csv").read_text().splitlines() == ["phase,epoch"]
+    assert json.loads((tmp_path / "split.json").read_text())["trained_epochs"] == 0  # what make submission warns of
 
 
 class Answers:
@@ -377,8 +378,8 @@ def test_float16_ships_when_it_gets_as_many_check_images_right_within_one(turned
     precision = train.save_weights(Answers(float32), train.PRESETS["tiny"], path, np.zeros((1000, 1, 1, 3)), labels)
     assert precision["dtype"] == shipped and np.load(path)["w0000"].dtype == shipped
     assert [p.name for p in tmp_path.iterdir()] == ["weights.npz"]
-    counts = f"float16 gets {np.sum(float16 == labels)} of 1000 validation images right, float32 900"
-    assert precision["why"].startswith(f"{shipped}: {counts}")
+    assert precision["why"].startswith(f"{shipped}: ")
+    assert f"{np.sum(float16 == labels)} of 1000 validation images right, float32 900" in precision["why"]
     assert f"{precision['why']})" in capsys.readouterr().out  # the log line says it
 
 
@@ -390,6 +391,43 @@ def test_make_submission_says_which_precision_each_run_ships_in(tmp_path):
     assert submission.precision(runs[:1]) == "float16: as float32 within one image"
     assert submission.precision(runs) == (f"{runs[0]}: float16: as float32 within one image; {runs[1]}: float32: more "
                                           f"than one image apart; {runs[2]}: precision not recorded (an older train.py)")
+
+
+def epoch(phase, val_loss, val_accuracy):
+    return {"phase": phase, "epoch": 1, "val_loss": val_loss, "val_accuracy": val_accuracy}
+
+
+def test_the_kept_epoch_is_the_best_validation_loss_of_the_last_phase_that_trained():
+    rows = [epoch("head", 0.1, 0.99), epoch("finetune", 0.9, 0.5), epoch("finetune", 0.5, 0.7), epoch("finetune", 0.5, 0.8),
+            epoch("finetune", float("nan"), 0.1)]
+    assert train.kept_epoch(rows) == 2  # phase 1's better loss is not what phase 2 ends with; the first of equals
+    assert train.kept_epoch(rows[:1]) == 0 and train.kept_epoch([]) is None
+
+
+@pytest.mark.parametrize("record, rows, why", [
+    ({"preset": "tiny", "trained_epochs": 0}, [], "it trained no epochs, its weights are random"),
+    ({"preset": "tiny", "trained_epochs": 2}, [epoch("head", 1.0, 0.9), epoch("finetune", 0.5, 0.9)],
+     "a run of the tiny preset is a smoke test of the code"),
+    ({"preset": "cpu", "trained_epochs": 2}, [epoch("finetune", 2.0, 0.9), epoch("finetune", 1.9, 0.2)],
+     "its validation accuracy 0.200 is near chance"),  # the kept epoch's, not the best accuracy's
+])
+def test_a_run_not_worth_uploading_ends_with_a_warning_saying_why_and_what_to_train_instead(record, rows, why, tmp_path):
+    out = tmp_path / "weights"
+    out.mkdir()
+    (out / "split.json").write_text(json.dumps(record))
+    args, _ = train.parse_args(["--preset", record["preset"], "--out", str(out), "--phase1-epochs", "0"])
+    *first, last = train.last_words(rows, out, args.command)
+    assert "(the bundle to upload)" not in " ".join(first)
+    assert last.startswith(f"warning: not worth uploading: {why}")
+    assert f"make train PRESET=cpu WEIGHTS={out} OVERWRITE=1 (on a CPU) or make train WEIGHTS={out} OVERWRITE=1" in last
+
+
+def test_a_run_that_learnt_ends_with_the_command_that_bundles_it(tmp_path):
+    (tmp_path / "split.json").write_text(json.dumps({"preset": "cpu", "trained_epochs": 1}))
+    args, _ = train.parse_args(["--preset", "cpu", "--out", str(tmp_path)])
+    assert train.last_words([epoch("finetune", 0.1, 0.98)], tmp_path, args.command) == [
+        f"next: make submission WEIGHTS={tmp_path} (the bundle to upload), then make evaluate WEIGHTS={tmp_path} "
+        "(accuracy on the held-out images, clean and corrupted)"]
 
 
 def test_the_same_seed_gives_the_same_cleaning_and_split():
