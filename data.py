@@ -3,6 +3,7 @@
 Every tool imports it first: it brings in TensorFlow (model.py holds the image size and the
 classes) without the lines TensorFlow prints on any machine that are errors in name only.
 """
+import argparse
 import atexit
 import hashlib
 import json
@@ -116,8 +117,13 @@ def load_training_set(path):
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = {"images", "labels"} - set(npz.files)
+            if {"jpeg", "offsets"} <= set(npz.files):  # ../shared/data/train_jpeg.npz, given as DATA
+                raise DataError(f"{path} holds the shared folder's JPEG-encoded images (arrays {sorted(npz.files)}), "
+                                "not a training file: `make data` decodes them into data/training_set.npz, the "
+                                "default DATA; then leave DATA= out")
             if missing:
-                raise DataError(f"{path} has arrays {sorted(npz.files)} but lacks {sorted(missing)}; expected {EXPECTED}")
+                raise DataError(f"{path} has arrays {sorted(npz.files)} but lacks {sorted(missing)}; expected "
+                                f"{EXPECTED}. {HOW_TO_GET_IT}")
             images, labels = npz["images"], npz["labels"]
     except DataError:
         raise
@@ -169,6 +175,14 @@ def validate(images, labels, where="the data"):
               "converts them: floats all at most 1 times 255, then clipped to [0, 255] and rounded")
         images = np.rint(x, out=x).astype(np.uint8)
     return images, labels.astype(np.int64)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, whose errors are one line: the usage it prints before them fills a screen (train.py's
+    is 13 lines) and buries the error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (.venv/bin/python {self.prog} --help lists every option)\n")
 
 
 def fingerprint(images, labels):

@@ -388,7 +388,11 @@ def read_split(data_path, weights_dir, images, labels):
     if not isinstance(split, dict) or "fingerprint" not in split or "holdout" not in split:
         raise SplitError(f"{split_path} lacks 'fingerprint' or 'holdout'; rerun train.py to write a complete split")
     found = data.fingerprint(images, labels)
-    if split["fingerprint"] != found:
+    if split["fingerprint"] != found and "data" in split:
+        raise SplitError(f"{split_path} was made from {split['data']}, and {data_path} holds other images (fingerprint "
+                         f"{found}, not {split['fingerprint']}): evaluate on the file the network was trained with, "
+                         f"DATA={split['data']} (--data), or retrain on this one")
+    if split["fingerprint"] != found:  # a split.json of an older train.py, which did not record the file
         raise SplitError(f"{split_path} was made for data with fingerprint {split['fingerprint']}, but {data_path} "
                          f"has {found}: evaluate on the file the network was trained with (or retrain on this one)")
     try:
@@ -593,20 +597,29 @@ def format_table(report):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/training_set.npz", help="the training file the split was made from")
+    parser = data.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/training_set.npz",
+                        help="the training file the split was made from (default: %(default)s)")
     parser.add_argument("--weights", nargs="+", default=["weights"],
-                        help="folder with weights*.npz and split.json; several folders are scored as one ensemble")
-    parser.add_argument("--out", default="reports", help="folder for evaluation.json and the pictures")
-    parser.add_argument("--seed", type=int, default=0, help="picks the robustness images and the corruptions")
+                        help="folder with weights*.npz and split.json; several folders are scored as one ensemble "
+                             "(default: weights)")
+    parser.add_argument("--out", default="reports",
+                        help="folder for evaluation.json and the pictures (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="picks the robustness images and the corruptions "
+                                                            "(default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="held-out images per corruption (default: all)")
-    parser.add_argument("--quick", action="store_true", help=f"lighter robustness run: {QUICK_LIMIT} images per corruption")
-    parser.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES), choices=SEVERITIES)
+    parser.add_argument("--quick", action="store_true", help=f"lighter robustness run: {QUICK_LIMIT} images per "
+                                                             "corruption (default: off)")
+    parser.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES), choices=SEVERITIES,
+                        help="the strengths each corruption runs at: 1 mild, 2 medium, 3 strong but the cell still "
+                             f"recognisable by a person (default: {' '.join(map(str, SEVERITIES))})")
     parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS), metavar="NAME",
-                        help="a subset of: " + ", ".join(CORRUPTIONS))
-    parser.add_argument("--no-robustness", action="store_true", help="clean score only")
+                        help="a subset of: " + ", ".join(CORRUPTIONS) + " (default: all)")
+    parser.add_argument("--no-robustness", action="store_true", help="clean score only (default: off, the corruptions "
+                                                                     "run too)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=model.TEST_TIME_AUGMENTATION,
-                        help="average the eight flips and right-angle rotations (default: as model.py ships)")
+                        help="average the eight flips and right-angle rotations (default: as model.py ships, "
+                             f"{'on' if model.TEST_TIME_AUGMENTATION else 'off'})")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")

@@ -70,7 +70,7 @@ def check_images(data_path, weights_dir, n):
         if split["fingerprint"] == data.fingerprint(images, labels):
             held = np.array(split["holdout"][:n], dtype=np.int64)
             return images[held], labels[held]
-        why = f"{split_path} belongs to other data than {data_path}"
+        why = f"{split_path} was made from {split.get('data', 'other data')}, not {data_path} (DATA=path names it)"
     print(f"note: {why}; checking on noise images only, so no held-out accuracy")
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(min(n, 16), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8), None
@@ -209,7 +209,7 @@ def describe(report):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", nargs="+", default=["weights"],
                    help="folder(s) train.py wrote; several make an ensemble (the first one's split.json is used)")
     p.add_argument("--data", default="data/training_set.npz", help="training file, for held-out images")

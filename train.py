@@ -274,7 +274,9 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
 
     images, labels = data.load_training_set(data_path)
     if state and state["split"]["fingerprint"] != data.fingerprint(images, labels):
-        sys.exit(f"the checkpoint in {checkpoint.folder} was made from other data than {data_path}")
+        made_from = state["split"].get("data")
+        sys.exit(f"the checkpoint in {checkpoint.folder} was made from {made_from or 'other data'}, not {data_path}"
+                 + (f": resume with {command.train(RESUME=1, DATA=made_from)}" if made_from else ""))
     if state is None:
         checkpoint.remove()  # an interrupted run that --overwrite discards
         state = new_run(images, labels, config, seed, split_seed, keep_outliers, data_path, command.variables["PRESET"])
@@ -526,8 +528,8 @@ def preset_values(key):
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     epilog = "presets:\n" + "\n".join(f"  {name:5} {about}" for name, about in ABOUT.items())
-    p = argparse.ArgumentParser(description=__doc__, epilog=epilog, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__, epilog=epilog, allow_abbrev=False,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/training_set.npz", help="the challenge's training_set.npz (default: %(default)s)")
     p.add_argument("--preset", default="seed", choices=PRESETS, help="the recipe; flags change single values of it "
                                                                      "(default: %(default)s; listed below)")

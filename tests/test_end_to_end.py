@@ -174,6 +174,15 @@ def test_a_check_without_the_training_file_says_it_ran_on_noise_only(tmp_path, m
     assert "noise images only" in out and "OK" in out and "no accuracy: noise only" in out
 
 
+def test_a_check_on_other_data_names_the_file_the_run_was_made_from(tmp_path, capsys):
+    images, labels = learnable_images(16)
+    np.savez(tmp_path / "other.npz", images=images, labels=labels)
+    run = a_run(tmp_path / "run", fingerprint="16-another", holdout=[0, 1])
+    assert submission.check_images(tmp_path / "other.npz", run, 8)[1] is None  # noise images, no labels
+    said = capsys.readouterr().out
+    assert f"{run / 'split.json'} was made from data/training_set.npz, not {tmp_path / 'other.npz'}" in said
+
+
 def test_checking_a_zip_that_is_not_there_says_make_submission_first(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no zip at .*run make submission first"):
         run_submission(monkeypatch, "--check", tmp_path / "submission.zip")

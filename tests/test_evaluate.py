@@ -1,6 +1,7 @@
 """evaluate.py on small generated data and a tiny random network: the report adds up, the corruptions
 do what they claim and repeat for a seed, and a split made for other data is refused."""
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -181,6 +182,32 @@ def test_refuses_a_split_made_for_other_data(evaluated, tmp_path):
     with pytest.raises(SystemExit, match="fingerprint"):
         evaluate.main(["--data", str(other), "--weights", str(evaluated["weights"]), "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()  # nothing written for a refused run
+
+
+def test_other_data_is_refused_naming_the_file_the_split_was_made_from(evaluated, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    shutil.copytree(evaluated["weights"], weights)
+    (weights / "split.json").write_text(json.dumps({**evaluated["split"], "data": "runs/the-file-it-trained-on.npz"}))
+    other = tmp_path / "other.npz"
+    np.savez(other, images=data.load_training_set(evaluated["data"])[0][::-1], labels=evaluated["labels"])
+    recorded = "runs/the-file-it-trained-on.npz"
+    with pytest.raises(SystemExit, match=f"was made from {recorded}.*DATA={recorded}"):
+        evaluate.main(["--data", str(other), "--weights", str(weights), "--out", str(tmp_path / "r")])
+
+
+def test_an_error_in_the_options_is_one_line_and_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--limit", "0"])
+    error = capsys.readouterr().err.splitlines()  # its program's name is pytest's here
+    assert len(error) == 1 and re.fullmatch(r"\S+: error: --limit must be at least 1 \(.* --help lists every option\)",
+                                            error[0])
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    options = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:", 1)[1])[1:]  # one entry per option
+    for option in options:
+        if not option.startswith("-h"):
+            assert "(default: " in " ".join(option.split()), option
+    assert len(options) == 11 and any(o.startswith("--severities") and "1 mild" in o for o in options)
 
 
 def test_refuses_a_missing_or_leaky_split(evaluated, tmp_path):
