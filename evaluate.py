@@ -475,21 +475,22 @@ def plot_confusion(cm, accuracy, path):
     data.save_figure(fig, path, dpi=100)
 
 
-def plot_misclassified(images, true, predicted, confidence, held_out, path, max_images=40, columns=8):
+def plot_misclassified(images, true, predicted, confidence, held_out, path, max_images=42, columns=7):
     """The held-out mistakes, the most confident first: label noise and systematic confusions show up here."""
     order = np.argsort(-confidence)[:max_images]
     rows = max(1, -(-len(order) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.55, rows * 1.9 + 0.4), squeeze=False, layout="constrained")
+    # panels wide enough for "true immature granulocyte", the longest line, with room between neighbours
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.8, rows * 2.2 + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, order):
         ax.imshow(images[i])
-        ax.set_title(f"true {model.CLASS_NAMES[true[i]]}\npred {model.CLASS_NAMES[predicted[i]]} {confidence[i]:.2f}",
-                     fontsize=7.5)
+        ax.set_title(f"true {model.CLASS_NAMES[true[i]]}\npred {model.CLASS_NAMES[predicted[i]]}\n"
+                     f"probability {confidence[i]:.2f}", fontsize=7.5)
     if len(order) == 0:
         axes[0, 0].text(0, 0.5, "no misclassified held-out images", fontsize=12)
     fig.suptitle(f"{len(true)} of {held_out} held-out images misclassified; the {len(order)} most confident mistakes "
-                 "(pred = predicted class and its probability)", fontsize=10)
+                 "(pred: the predicted class)", fontsize=10)
     data.save_figure(fig, path, dpi=100)
 
 
@@ -504,14 +505,16 @@ def plot_samples(image, seed, severities, names, path):
         many = mixed(np.repeat(image[None], len(severities), axis=0), seed, pool)
         recipes = mixed_recipes(len(severities), seed, pool)
         rows.append((label, [("\n".join(f"{n} {s}" for n, s, _ in r), m) for r, m in zip(recipes, many)]))
-    half = -(-len(rows) // 2)  # two blocks side by side keep the picture readable
-    columns = len(severities)
-    fig, axes = plt.subplots(half, 2 * columns, figsize=(2 * columns * 1.6, half * 1.7 + 0.6), squeeze=False,
-                             layout="constrained")
+    # blocks of rows side by side, as many as make the picture wider than tall: it fits a screen
+    columns, width, height = len(severities), 1.6, 1.7  # inches per tile
+    blocks = next(b for b in range(1, len(rows) + 1) if b * columns * width >= -(-len(rows) // b) * height)
+    per_block = -(-len(rows) // blocks)
+    fig, axes = plt.subplots(per_block, blocks * columns, figsize=(blocks * columns * width, per_block * height + 0.6),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for r, (name, tiles) in enumerate(rows):
-        block, row = divmod(r, half)
+        block, row = divmod(r, per_block)
         for c, (title, tile) in enumerate(tiles):
             ax = axes[row, block * columns + c]
             ax.imshow(tile)

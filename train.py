@@ -258,6 +258,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     state = start_or_resume(checkpoint, out, resume, overwrite, command)
     if state:
         config, seed = resumed_config(state, config), state["seed"]
+        state.setdefault("resumed_at", []).append(len(state["history"]))  # epochs done before: history.png marks it
     pretrained = config["backbone_weights"] != "none"
     config = {**FINE_TUNING, **config} if pretrained else config  # a preset from random weights made pretrained
     phase = state["phase"] if state else "head"
@@ -321,7 +322,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     precision = save_weights(network, config, out / "weights.npz", images[val_idx], labels[val_idx])
     data.write_json(out / "split.json", {**state["split"], "config": config, "preset": state.get("preset"),
                                          "trained_epochs": len(state["history"]), "precision": precision})
-    save_history(state["history"], out)
+    save_history(state["history"], out, state.get("resumed_at", ()))
     checkpoint.remove(then_stop=False)  # the run is complete: a Ctrl-C now changes nothing
     return state["history"]
 
@@ -397,8 +398,9 @@ def kept_epoch(rows):
     return min(scored, key=lambda i: float(rows[i]["val_loss"])) if scored else (last[-1] if last else None)
 
 
-def save_history(rows, out):
-    """history.csv (one row per epoch, both phases) and history.png (the curves)."""
+def save_history(rows, out, resumed_at=()):
+    """history.csv (one row per epoch, both phases) and history.png (the curves, the epoch the run kept,
+    and where it was resumed: after resumed_at's numbers of epochs)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, list(dict.fromkeys(["phase", "epoch", *(k for row in rows for k in row)])))
     writer.writeheader()
@@ -412,14 +414,24 @@ def save_history(rows, out):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     step = np.arange(1, len(rows) + 1)
     phase1_epochs = sum(r["phase"] == "head" for r in rows)
+    kept = kept_epoch(rows)
     for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set_title(metric)
+        if not rows:  # empty axes would look like a drawing that failed
+            ax.text(0.5, 0.5, "no epochs trained", ha="center", va="center", transform=ax.transAxes, fontsize=12)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         for prefix, style in (("", "-"), ("val_", "--")):
             ax.plot(step, [r.get(prefix + metric, np.nan) for r in rows], style, label=prefix + metric)
+        ax.plot(kept + 1, rows[kept].get("val_" + metric, np.nan), "*", color="crimson", markersize=12,
+                label=f"kept: {phase_name(rows[kept]['phase'])}, epoch {rows[kept]['epoch']}")
         if 0 < phase1_epochs < len(rows):
             ax.axvline(phase1_epochs + 0.5, color="grey", lw=0.8, label="phase 2 begins")
+        for k, done in enumerate(resumed_at):
+            ax.axvline(done + 0.5, color="darkorange", lw=1, ls=":", label="resumed" if k == 0 else None)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch (both phases)")
-        ax.set_title(metric)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)  # below, off the curves
     fig.tight_layout()
     data.save_figure(fig, out / "history.png")

@@ -319,9 +319,12 @@ def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_it
         real_run_phase(network, *args, **kwargs)
         seen[-1] += (network.get_weights(),)
     monkeypatch.setattr(train, "run_phase", run_phase)
+    drawn = []  # where history.png marks the resume
+    monkeypatch.setattr(train, "save_history", lambda rows, out, resumed_at: drawn.append(list(resumed_at)))
     with pytest.raises(KeyboardInterrupt):
         train.train(config, learnable_npz, tmp_path, keep_outliers=True)
     train.train(config, learnable_npz, tmp_path, keep_outliers=True, resume=True)
+    assert drawn == [[1]]  # after phase 1's one epoch
     (_, head_size, head_start, head_end), (_, first_size, first_start), (_, size, start, _) = seen
     assert (head_size, first_size, size) == (48, 64, 64)
     for followed, resumed, trained in zip(first_start, start, head_end):  # phase 2 starts from phase 1's weights,
@@ -433,6 +436,32 @@ def test_a_run_that_learnt_ends_with_the_command_that_bundles_it(tmp_path):
     assert train.last_words([epoch("finetune", 0.1, 0.98)], tmp_path, args.command) == [
         f"next: make submission WEIGHTS={tmp_path} (the bundle to upload), then make evaluate WEIGHTS={tmp_path} "
         "(accuracy on the held-out images, clean and corrupted)"]
+
+
+def drawn_history(rows, resumed_at, tmp_path, monkeypatch):
+    """history.png's two axes, drawn from rows, kept open instead of written."""
+    figures = []
+    monkeypatch.setattr(data, "save_figure", lambda fig, path: figures.append(fig))
+    train.save_history(rows, tmp_path, resumed_at)
+    return figures[0].axes
+
+
+def test_a_history_of_no_epochs_says_so_instead_of_empty_axes(tmp_path, monkeypatch):
+    for ax in drawn_history([], (), tmp_path, monkeypatch):
+        assert [t.get_text() for t in ax.texts] == ["no epochs trained"]
+
+
+def test_the_history_marks_the_epoch_kept_and_where_the_run_was_resumed(tmp_path, monkeypatch):
+    rows = [{**epoch("head", 1.5, 0.4), "epoch": 1}, {**epoch("head", 1.2, 0.5), "epoch": 2},
+            {**epoch("finetune", 0.8, 0.7), "epoch": 1}, {**epoch("finetune", 0.6, 0.8), "epoch": 2},
+            {**epoch("finetune", 0.7, 0.9), "epoch": 3}]
+    for ax in drawn_history(rows, [3], tmp_path, monkeypatch):
+        handles, labels = ax.get_legend_handles_labels()
+        kept = handles[labels.index("kept: phase 2, epoch 2")]
+        metric = "val_" + ax.get_title()
+        assert list(kept.get_xdata()) == [4] and list(kept.get_ydata()) == [rows[3][metric]]  # phase 2's best loss
+        assert list(handles[labels.index("resumed")].get_xdata()) == [3.5, 3.5]  # after the third epoch
+        assert list(handles[labels.index("phase 2 begins")].get_xdata()) == [2.5, 2.5]
 
 
 def test_the_same_seed_gives_the_same_cleaning_and_split():
