@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -42,6 +43,24 @@ def test_make_alone_lists_every_command_one_line_each():
     phony = [t for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:") for t in line.split()[1:]]
     assert sorted(listed) == sorted(phony)
     assert 'echo "make help' in make("-n")  # the default target; -n, so nothing is installed
+
+
+def test_every_command_but_help_and_clean_installs_the_venv_first_as_the_readme_says(tmp_path):
+    makefile = (ROOT / "Makefile").read_text().splitlines()
+    phony = [t for line in makefile if line.startswith(".PHONY:") for t in line.split()[1:]]
+    # -n: print the commands, run none; -W: as if requirements.txt had changed
+    plans = {t: make("-n", "-W", "requirements.txt", t, f"DATA={tmp_path / 'x.npz'}") for t in phony}
+    installs = {t for t, plan in plans.items() if "pip install" in plan}
+    said = re.search(r"Every command but (.*?) installs `\.venv`", " ".join((ROOT / "README.md").read_text().split()))
+    assert said and set(re.findall(r"`make (\S+)`", said[1])) == set(phony) - installs == {"help", "clean"}
+
+
+def test_the_first_screen_says_where_to_learn_how_long_the_cpu_preset_takes_on_this_machine():
+    first_screen = (ROOT / "README.md").read_text().split("\n## ")[1]  # the quick start
+    command = re.search(r"`\.venv/bin/python (benchmark\.py train-speed --preset cpu)`", first_screen)
+    assert command and "AVX-512" in first_screen  # which figure holds for which CPU
+    run = subprocess.run([sys.executable, *command[1].split(), "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "train-speed" in run.stdout  # a command that exists
 
 
 def score_unpacked(zip_path, images, folder):
@@ -132,6 +151,9 @@ def test_tiny_training_on_real_images(real_npz, tmp_path):
     removed = split["removed"]["outliers"] + split["removed"]["duplicates"]
     assert len(split["removed"]["outliers"]) > 0  # the file plants outliers: a few hundred images hold some
     assert not set(removed) & set(split["holdout"] + split["validation"] + split["train"])
+    kept = len(split["train"] + split["validation"] + split["holdout"])
+    said = re.search(r"(\d+) images \((\d+) after cleaning", (ROOT / "README.md").read_text())  # the presets' table
+    assert said and (int(said[1]), int(said[2])) == (split["config"]["max_images"], kept)
     with np.load(real_npz) as npz:
         images = npz["images"][holdout]
     answer = score_unpacked(zip_path, images, tmp_path / "unpacked")
