@@ -1,8 +1,10 @@
 """Crash-safe training: every epoch checkpointed, so that a killed run resumes where it stopped."""
 import json
 import shutil
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,22 +47,28 @@ class Checkpoint(keras.callbacks.Callback):
         return json.loads((self.current / "state.json").read_text())
 
     def save(self, network, with_optimizer=True):
-        self.state["saved"] = self.state.get("saved", 0) + 1
-        name = f"{self.state['phase']}-{self.state['epoch']:03d}-{self.state['saved']}"
-        folder = self.folder / name
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "network.npz", *network.get_weights())
-        if with_optimizer and network.optimizer.built:  # unbuilt when a phase of 0 epochs went before
-            np.savez(folder / "optimizer.npz", *[v.numpy() for v in network.optimizer.variables])
-        stop = self.watched.get("early_stopping")
-        if stop is not None and stop.best_weights is not None:
-            np.savez(folder / "best.npz", *stop.best_weights)
-        (folder / "state.json").write_text(json.dumps(self.state))  # a new folder: complete once latest.json names it
-        data.write_json(self.folder / "latest.json", {"folder": name})
-        for old in self.folder.iterdir():  # only now may the previous checkpoint go
-            if old.is_dir() and old.name != name:
-                shutil.rmtree(old)
-        self.current = folder
+        with signals_held():  # Ctrl-C stops the run once this checkpoint is complete, so it can be named
+            self.state["saved"] = self.state.get("saved", 0) + 1
+            name = f"{self.state['phase']}-{self.state['epoch']:03d}-{self.state['saved']}"
+            folder = self.folder / name
+            folder.mkdir(parents=True, exist_ok=True)
+            np.savez(folder / "network.npz", *network.get_weights())
+            if with_optimizer and network.optimizer.built:  # unbuilt when a phase of 0 epochs went before
+                np.savez(folder / "optimizer.npz", *[v.numpy() for v in network.optimizer.variables])
+            stop = self.watched.get("early_stopping")
+            if stop is not None and stop.best_weights is not None:
+                np.savez(folder / "best.npz", *stop.best_weights)
+            (folder / "state.json").write_text(json.dumps(self.state))  # a new folder: complete once latest.json names it
+            data.write_json(self.folder / "latest.json", {"folder": name})
+            for old in self.folder.iterdir():  # only now may the previous checkpoint go
+                if old.is_dir() and old.name != name:
+                    shutil.rmtree(old)
+            self.current = folder
+
+    def remove(self, then_stop=True):
+        """Delete the checkpoint whole: a stop meanwhile waits, so it leaves no half of one."""
+        with signals_held(then_stop):
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def restore(self, network):
         """Put the checkpoint's network weights, and its optimizer state when it has one, back."""
@@ -109,6 +117,51 @@ class Checkpoint(keras.callbacks.Callback):
         self.state["callbacks"] = {name: {key: float(getattr(callback, key)) for key in WATCHED[name]}
                                    for name, callback in self.watched.items()}
         self.save(self.model)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM arrived: the run stops, its last complete checkpoint kept."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_held = {"depth": 0, "signal": None}  # inside signals_held, and the signal that waits for its end
+
+
+def _stop(signum, frame):
+    if _held["depth"]:
+        _held["signal"] = signum
+    else:
+        raise Stopped(signum)
+
+
+@contextmanager
+def stopping_cleanly():
+    """SIGINT and SIGTERM raise Stopped instead of a KeyboardInterrupt or a silent end, and never
+    while a checkpoint is written: then as soon as it is complete."""
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def signals_held(then_stop=True):
+    """A stop that arrives inside waits for the end (with then_stop False, it is dropped: the run
+    ends anyway)."""
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+    if _held["depth"] == 0 and _held["signal"] is not None:
+        signum, _held["signal"] = _held["signal"], None
+        if then_stop:
+            raise Stopped(signum)
 
 
 # the bookkeeping of Keras' callbacks that a resumed run needs to stop where an unbroken one would

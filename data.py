@@ -1,11 +1,14 @@
 """The challenge's training file: load it with clear errors, and split it reproducibly.
 
 Every tool imports it first: it brings in TensorFlow (model.py holds the image size and the
-classes) without the CUDA plugins' noise.
+classes) without the lines TensorFlow prints on any machine that are errors in name only.
 """
+import argparse
+import atexit
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -13,12 +16,32 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+# Lines TensorFlow's C++ code writes to stderr on every machine, errors or warnings in name only.
+# Only TF_CPP_MIN_LOG_LEVEL=3 would silence them, and with them every real error: these go by name.
+HARMLESS = (
+    "Attempting to register factory for plugin",  # cuFFT, cuDNN, cuBLAS at import (tensorflow/tensorflow#62075)
+    "oneDNN supports DT_INT32 only on platforms with AVX-512",  # in training, also where AVX-512 is; Eigen runs instead
+    "TF-TRT Warning: Could not find TensorRT",  # an optional library for NVIDIA GPUs
+)
+# What drops them from a running program: reads the program's stderr from a pipe, writes the rest.
+SIEVE = r"""
+import sys
+harmless = [name.encode() for name in sys.argv[1:]]
+for line in sys.stdin.buffer:
+    if not any(name in line for name in harmless):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
 
-def without_cuda_plugin_noise(action):
-    """Run action() with the "Unable to register cuFFT/cuDNN/cuBLAS factory" lines taken out of
-    stderr: TensorFlow's CUDA plugins print them at import on any machine, errors in name only
-    (tensorflow/tensorflow#62075), and only TF_CPP_MIN_LOG_LEVEL=3 would silence them, with every
-    real error. Every other line goes through."""
+
+def drop_harmless(text):
+    """text without the HARMLESS lines: for another process's captured output."""
+    return "".join(line for line in text.splitlines(keepends=True) if not any(name in line for name in HARMLESS))
+
+
+def without_harmless_lines(action):
+    """Run action() with the HARMLESS lines taken out of what it writes to file descriptor 2, where
+    TensorFlow's C++ code writes; every other line goes through."""
     sys.stderr.flush()
     with tempfile.TemporaryFile() as captured:
         saved = os.dup(2)
@@ -29,13 +52,49 @@ def without_cuda_plugin_noise(action):
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if "Attempting to register factory for plugin" not in line:
-                    sys.stderr.write(line)
+            sys.stderr.write(drop_harmless(captured.read().decode(errors="replace")))
             sys.stderr.flush()
 
 
-without_cuda_plugin_noise(lambda: __import__("tensorflow"))  # every tool imports this file before TensorFlow
+def sieve_stderr():
+    """From now to the program's end, pass file descriptor 2 through SIEVE, which drops the HARMLESS
+    lines. A process of its own, not a thread: it outlives a crash of this one, so the last lines
+    before an abort still come out; in a session of its own, so Ctrl-C leaves it to finish them."""
+    sys.stderr.flush()
+    read, write = os.pipe()
+    stderr = os.dup(2)
+    try:
+        sieve = subprocess.Popen([sys.executable, "-I", "-S", "-c", SIEVE, *HARMLESS], stdin=read, stdout=stderr,
+                                 stderr=stderr, start_new_session=True)
+    except OSError:  # no interpreter to start: the lines stay, nothing is lost
+        os.close(write)
+        return
+    finally:
+        os.close(read)
+    os.dup2(write, 2)
+    os.close(write)
+
+    def finish():  # the pipe closes, and the program ends only once the sieve has written every line
+        sys.stderr.flush()
+        os.dup2(stderr, 2)
+        try:
+            sieve.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a child process still holds the pipe: the sieve goes on without us
+            pass
+    atexit.register(finish)
+
+
+def started_as_one_of_our_programs():
+    """True for python train.py and the other tools; False when imported by tests or python -c."""
+    program = getattr(sys.modules.get("__main__"), "__file__", None)
+    return program is not None and Path(program).resolve().parent == Path(__file__).resolve().parent
+
+
+if started_as_one_of_our_programs():  # TensorFlow also writes such lines while it trains
+    sieve_stderr()
+    import tensorflow  # noqa: E402 F401
+else:
+    without_harmless_lines(lambda: __import__("tensorflow"))
 from model import IMAGE_SIZE, NUM_CLASSES, write_atomically  # noqa: E402 F401 (the tools take it from here)
 
 HOW_TO_GET_IT = (
@@ -58,8 +117,13 @@ def load_training_set(path):
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = {"images", "labels"} - set(npz.files)
+            if {"jpeg", "offsets"} <= set(npz.files):  # ../shared/data/train_jpeg.npz, given as DATA
+                raise DataError(f"{path} holds the shared folder's JPEG-encoded images (arrays {sorted(npz.files)}), "
+                                "not a training file: `make data` decodes them into data/training_set.npz, the "
+                                "default DATA; then leave DATA= out")
             if missing:
-                raise DataError(f"{path} has arrays {sorted(npz.files)} but lacks {sorted(missing)}; expected {EXPECTED}")
+                raise DataError(f"{path} has arrays {sorted(npz.files)} but lacks {sorted(missing)}; expected "
+                                f"{EXPECTED}. {HOW_TO_GET_IT}")
             images, labels = npz["images"], npz["labels"]
     except DataError:
         raise
@@ -111,6 +175,14 @@ def validate(images, labels, where="the data"):
               "converts them: floats all at most 1 times 255, then clipped to [0, 255] and rounded")
         images = np.rint(x, out=x).astype(np.uint8)
     return images, labels.astype(np.int64)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, whose errors are one line: the usage it prints before them fills a screen (train.py's
+    is 13 lines) and buries the error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (.venv/bin/python {self.prog} --help lists every option)\n")
 
 
 def fingerprint(images, labels):

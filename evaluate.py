@@ -416,7 +416,11 @@ def read_split(data_path, weights_dir, images, labels):
     if not isinstance(split, dict) or "fingerprint" not in split or "holdout" not in split:
         raise SplitError(f"{split_path} lacks 'fingerprint' or 'holdout'; rerun train.py to write a complete split")
     found = data.fingerprint(images, labels)
-    if split["fingerprint"] != found:
+    if split["fingerprint"] != found and "data" in split:
+        raise SplitError(f"{split_path} was made from {split['data']}, and {data_path} holds other images (fingerprint "
+                         f"{found}, not {split['fingerprint']}): evaluate on the file the network was trained with, "
+                         f"DATA={split['data']} (--data), or retrain on this one")
+    if split["fingerprint"] != found:  # a split.json of an older train.py, which did not record the file
         raise SplitError(f"{split_path} was made for data with fingerprint {split['fingerprint']}, but {data_path} "
                          f"has {found}: evaluate on the file the network was trained with (or retrain on this one)")
     try:
@@ -501,21 +505,22 @@ def plot_confusion(cm, accuracy, path):
     data.save_figure(fig, path, dpi=100)
 
 
-def plot_misclassified(images, true, predicted, confidence, held_out, path, max_images=40, columns=8):
+def plot_misclassified(images, true, predicted, confidence, held_out, path, max_images=42, columns=7):
     """The held-out mistakes, the most confident first: label noise and systematic confusions show up here."""
     order = np.argsort(-confidence)[:max_images]
     rows = max(1, -(-len(order) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.55, rows * 1.9 + 0.4), squeeze=False, layout="constrained")
+    # panels wide enough for "true immature granulocyte", the longest line, with room between neighbours
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.8, rows * 2.2 + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, order):
         ax.imshow(images[i])
-        ax.set_title(f"true {model.CLASS_NAMES[true[i]]}\npred {model.CLASS_NAMES[predicted[i]]} {confidence[i]:.2f}",
-                     fontsize=7.5)
+        ax.set_title(f"true {model.CLASS_NAMES[true[i]]}\npred {model.CLASS_NAMES[predicted[i]]}\n"
+                     f"probability {confidence[i]:.2f}", fontsize=7.5)
     if len(order) == 0:
         axes[0, 0].text(0, 0.5, "no misclassified held-out images", fontsize=12)
     fig.suptitle(f"{len(true)} of {held_out} held-out images misclassified; the {len(order)} most confident mistakes "
-                 "(pred = predicted class and its probability)", fontsize=10)
+                 "(pred: the predicted class)", fontsize=10)
     data.save_figure(fig, path, dpi=100)
 
 
@@ -530,14 +535,16 @@ def plot_samples(image, seed, severities, names, path):
         many = mixed(np.repeat(image[None], len(severities), axis=0), seed, pool)
         recipes = mixed_recipes(len(severities), seed, pool)
         rows.append((label, [("\n".join(f"{n} {s}" for n, s, _ in r), m) for r, m in zip(recipes, many)]))
-    half = -(-len(rows) // 2)  # two blocks side by side keep the picture readable
-    columns = len(severities)
-    fig, axes = plt.subplots(half, 2 * columns, figsize=(2 * columns * 1.6, half * 1.7 + 0.6), squeeze=False,
-                             layout="constrained")
+    # blocks of rows side by side, as many as make the picture wider than tall: it fits a screen
+    columns, width, height = len(severities), 1.6, 1.7  # inches per tile
+    blocks = next(b for b in range(1, len(rows) + 1) if b * columns * width >= -(-len(rows) // b) * height)
+    per_block = -(-len(rows) // blocks)
+    fig, axes = plt.subplots(per_block, blocks * columns, figsize=(blocks * columns * width, per_block * height + 0.6),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for r, (name, tiles) in enumerate(rows):
-        block, row = divmod(r, half)
+        block, row = divmod(r, per_block)
         for c, (title, tile) in enumerate(tiles):
             ax = axes[row, block * columns + c]
             ax.imshow(tile)
@@ -625,20 +632,29 @@ def format_table(report):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/training_set.npz", help="the training file the split was made from")
+    parser = data.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/training_set.npz",
+                        help="the training file the split was made from (default: %(default)s)")
     parser.add_argument("--weights", nargs="+", default=["weights"],
-                        help="folder with weights*.npz and split.json; several folders are scored as one ensemble")
-    parser.add_argument("--out", default="reports", help="folder for evaluation.json and the pictures")
-    parser.add_argument("--seed", type=int, default=0, help="picks the robustness images and the corruptions")
+                        help="folder with weights*.npz and split.json; several folders are scored as one ensemble "
+                             "(default: weights)")
+    parser.add_argument("--out", default="reports",
+                        help="folder for evaluation.json and the pictures (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="picks the robustness images and the corruptions "
+                                                            "(default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="held-out images per corruption (default: all)")
-    parser.add_argument("--quick", action="store_true", help=f"lighter robustness run: {QUICK_LIMIT} images per corruption")
-    parser.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES), choices=SEVERITIES)
+    parser.add_argument("--quick", action="store_true", help=f"lighter robustness run: {QUICK_LIMIT} images per "
+                                                             "corruption (default: off)")
+    parser.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES), choices=SEVERITIES,
+                        help="the strengths each corruption runs at: 1 mild, 2 medium, 3 strong but the cell still "
+                             f"recognisable by a person (default: {' '.join(map(str, SEVERITIES))})")
     parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS), metavar="NAME",
-                        help="a subset of: " + ", ".join(CORRUPTIONS))
-    parser.add_argument("--no-robustness", action="store_true", help="clean score only")
+                        help="a subset of: " + ", ".join(CORRUPTIONS) + " (default: all)")
+    parser.add_argument("--no-robustness", action="store_true", help="clean score only (default: off, the corruptions "
+                                                                     "run too)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=model.TEST_TIME_AUGMENTATION,
-                        help="average the eight flips and right-angle rotations (default: as model.py ships)")
+                        help="average the eight flips and right-angle rotations (default: as model.py ships, "
+                             f"{'on' if model.TEST_TIME_AUGMENTATION else 'off'})")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")

@@ -282,6 +282,27 @@ def find_outliers(images, labels):
 # ----------------------------------------------------------------------------------------------
 # the report
 
+def sheet_sections(result, group, per_reason=20, cols=10):
+    """The contact sheet's rows, one section per reason: its title, and the images it shows."""
+    by_reason = {}
+    for i, r in result["reasons"].items():
+        by_reason.setdefault(r, []).append(i)
+    sections = []
+    order = [MASS_SEVERAL, MASS_ONE, *NOT_CELL, CONFLICT, DUPLICATE]
+    for r, members in sorted(by_reason.items(), key=lambda item: order.index(item[0])):
+        if r in (MASS_SEVERAL, MASS_ONE):  # one row is enough: they are all the same picture
+            flagged = members[:cols]
+        else:
+            flagged = members[:per_reason]
+        title = f"{r}: {len(members)} image{'s' * (len(members) > 1)}" + (
+            f", {len(flagged)} shown" if len(flagged) < len(members) else "")
+        if r == DUPLICATE:  # each dropped copy shown beside the copy that is kept
+            sections.append((title + ", each after the copy kept", [k for i in flagged for k in (int(group[i]), i)]))
+        else:
+            sections.append((title, flagged))
+    return sections
+
+
 def contact_sheet(images, labels, result, group, class_names, nearest_misses=(), per_reason=20, cols=10):
     """PNG bytes: flagged images in rows grouped by reason, each captioned with its index and label.
 
@@ -291,19 +312,7 @@ def contact_sheet(images, labels, result, group, class_names, nearest_misses=(),
     font = ImageFont.load_default(size=13)
     head = ImageFont.load_default(size=18)
     tile, cap = 2 * images.shape[1], 34  # images shown at 2x so their content can be judged
-    by_reason = {}
-    for i, r in result["reasons"].items():
-        by_reason.setdefault(r, []).append(i)
-    sections = []
-    order = [MASS_SEVERAL, MASS_ONE, *NOT_CELL, CONFLICT, DUPLICATE]
-    for r, members in sorted(by_reason.items(), key=lambda item: order.index(item[0])):
-        if r == DUPLICATE:  # show each dropped copy beside the copy that is kept
-            shown = [k for i in members[:per_reason] for k in (int(group[i]), i)]
-        elif r in (MASS_SEVERAL, MASS_ONE):  # one row is enough: they are all the same picture
-            shown = members[:cols]
-        else:
-            shown = members[:per_reason]
-        sections.append((f"{r}: {len(members)} images" + (" (first shown)" if len(members) > len(shown) else ""), shown))
+    sections = sheet_sections(result, group, per_reason, cols)
     if len(nearest_misses):
         sections.append(("kept, for review: the pictures that came closest to 'not a cell'", list(nearest_misses)))
     width = cols * (tile + 6) + 6

@@ -25,6 +25,12 @@ import data
 from model import IMAGE_SIZE, NUM_CLASSES, WEIGHTS_GLOB
 
 ROOT = Path(__file__).resolve().parent
+# What a bundle must show before it is called ready to upload, here for both train.py and this file
+CHANCE = 1 / NUM_CLASSES  # a uniform guess's accuracy
+WORTH_UPLOADING = 3 * CHANCE  # below it a network has learnt next to nothing; the cpu preset scores 0.98
+SMOKE_PRESETS = ("tiny",)  # presets that test the code in minutes, not make a classifier
+MAKE_DEFAULTS = {"PRESET": "seed", "DATA": "data/training_set.npz", "WEIGHTS": "weights",
+                 "SUBMISSION": "submission/submission.zip"}  # the Makefile's
 
 # What the scorer does, run in the unpacked folder by a fresh interpreter (python -I: no
 # PYTHONPATH, no user site-packages, not even this project on the path).
@@ -64,7 +70,7 @@ def check_images(data_path, weights_dir, n):
         if split["fingerprint"] == data.fingerprint(images, labels):
             held = np.array(split["holdout"][:n], dtype=np.int64)
             return images[held], labels[held]
-        why = f"{split_path} belongs to other data than {data_path}"
+        why = f"{split_path} was made from {split.get('data', 'other data')}, not {data_path} (DATA=path names it)"
     print(f"note: {why}; checking on noise images only, so no held-out accuracy")
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(min(n, 16), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8), None
@@ -82,7 +88,9 @@ def check_bundle(zip_path, images, labels=None):
         run = subprocess.run([sys.executable, "-I", "-c", SCORER, str(inputs)], cwd=folder, env=env,
                              capture_output=True, text=True)
     if run.returncode != 0:
-        raise BundleError(f"the scorer's process failed (exit {run.returncode}):\n{run.stderr.strip()[-4000:]}")
+        # without the lines TensorFlow prints on import everywhere, which would push the error out of sight
+        raise BundleError(f"the scorer's process failed (exit {run.returncode}):\n"
+                          f"{data.drop_harmless(run.stderr).strip()[-4000:]}")
     report = json.loads(run.stdout.strip().splitlines()[-1])
     labels_out = np.array(report.pop("labels"))
     float_labels = np.array(report.pop("float_labels"))
@@ -132,6 +140,67 @@ def build_bundle(weights_dirs, out, images, labels=None):
     return report
 
 
+def run_record(folder):
+    """The split.json train.py wrote in folder (the run's config, precision, ...), or {} without one."""
+    try:
+        return json.loads((Path(folder) / "split.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def precision(weights_dirs):
+    """Which precision each run's weights ship in, and why, as train.py decided it."""
+    said = [run_record(folder).get("precision", {}).get("why") or "precision not recorded (an older train.py)"
+            for folder in weights_dirs]
+    return said[0] if len(said) == 1 else "; ".join(f"{folder}: {why}" for folder, why in zip(weights_dirs, said))
+
+
+def not_worth_uploading(records, accuracy=None, images="held-out"):
+    """Why a bundle is not worth uploading, in words, or None. records: {folder: its split.json}, one
+    per run in the bundle; accuracy: on its held-out images (validation ones at training's end)."""
+    for folder, record in records.items():
+        whose = f"{folder}: " if len(records) > 1 else ""
+        if record.get("trained_epochs") == 0:
+            return f"{whose}it trained no epochs, its weights are random"
+        if record.get("preset") in SMOKE_PRESETS:
+            return f"{whose}a run of the {record['preset']} preset is a smoke test of the code, it learns little"
+    if accuracy is not None and accuracy < WORTH_UPLOADING:
+        return (f"its {images} accuracy {accuracy:.3f} is near chance: a uniform guess scores {CHANCE:.3f}, and "
+                f"under {WORTH_UPLOADING:.3f} a network has learnt next to nothing")
+    return None
+
+
+def warning(reason, on_a_cpu, with_a_gpu):
+    """The last words on a bundle not worth uploading: why, and the make train commands to run instead."""
+    return (f"warning: not worth uploading: {reason}. Train a network that learns instead: {on_a_cpu} (on a CPU) "
+            f"or {with_a_gpu} (with a GPU), then make submission")
+
+
+def make_command(target, **variables):
+    """make target with the variables that differ from the Makefile's defaults."""
+    words = [f'{k}="{v}"' if " " in str(v) else f"{k}={v}"
+             for k, v in variables.items() if v is not None and str(v) != MAKE_DEFAULTS.get(k)]
+    return " ".join(["make", target, *words])
+
+
+def last_words(report, weights, data_path, zip_path, records=None):
+    """The line a check ends with when it has something to add: a warning for a bundle not worth
+    uploading, or, for one checked on noise images, that its accuracy is unchecked and how to check it."""
+    reason = not_worth_uploading(records or {}, report.get("accuracy"))
+    folder = " ".join(map(str, weights))
+    if reason:
+        where = {"DATA": data_path, "WEIGHTS": folder}
+        return warning(reason, make_command("train", PRESET="cpu", **where, OVERWRITE=1),
+                       make_command("train", **where, OVERWRITE=1))
+    if "accuracy" not in report:
+        record = run_record(weights[0])
+        check = make_command("check-submission", SUBMISSION=zip_path, DATA=record.get("data", "<its training file>"),
+                             WEIGHTS=folder if record else "<the folder train.py wrote>")
+        return (f"its accuracy is unchecked: the check ran on noise images only. Check it on its held-out images "
+                f"before uploading: {check}")
+    return None
+
+
 def describe(report):
     held_out = "accuracy" in report
     text = (f"loaded in {report['load_seconds']:.1f} s, predicted {report['images']} "
@@ -140,7 +209,7 @@ def describe(report):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", nargs="+", default=["weights"],
                    help="folder(s) train.py wrote; several make an ensemble (the first one's split.json is used)")
     p.add_argument("--data", default="data/training_set.npz", help="training file, for held-out images")
@@ -154,15 +223,21 @@ def main():
     images, labels = check_images(args.data, args.weights[0], args.images)
     try:
         if args.check:
-            print(f"{args.check}: OK, {describe(check_bundle(args.check, images, labels))}")
+            report = check_bundle(args.check, images, labels)
+            print(f"{args.check}: OK, {describe(report)}")
+            ending = last_words(report, args.weights, args.data, args.check)
         else:
             report = build_bundle(args.weights, args.out, images, labels)
             size = Path(args.out).stat().st_size / 2**20
-            print(f"wrote {args.out} ({size:.1f} MB): {describe(report)}. Upload it on the challenge's "
-                  "Codabench page: My Submissions, then the phase, then submit the zip")
+            print(f"wrote {args.out} ({size:.1f} MB): {describe(report)}")
+            print(f"weights in {precision(args.weights)}")
+            ending = last_words(report, args.weights, args.data, args.out, {w: run_record(w) for w in args.weights})
+            ending = ending or ("Upload it on the challenge's Codabench page: My Submissions, then the phase, then "
+                                "submit the zip")
     except (BundleError, zipfile.BadZipFile, FileNotFoundError) as e:
         sys.exit(f"submission check failed: {e}")
-
+    if ending:
+        print(ending)
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ import csv
 import io
 import math
 import os
-import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,9 +31,10 @@ import tensorflow as tf
 import keras
 
 from augment import MIXES, clean_share_at, follow_clean_share, make_augment, make_dataset
-from checkpoint import Checkpoint, log, phase_name, run_phase, start_or_resume
+from checkpoint import Checkpoint, Stopped, log, phase_name, run_phase, start_or_resume, stopping_cleanly
 from outliers import find_outliers
 from model import BACKBONES, NUM_CLASSES, build_network, load_network, save_network
+from submission import not_worth_uploading, run_record, warning
 
 # Configuration as plain data: the seed recipe, and presets that say what they change from it.
 BASE = dict(
@@ -259,6 +260,7 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
     state = start_or_resume(checkpoint, out, resume, overwrite, command)
     if state:
         config, seed = resumed_config(state, config), state["seed"]
+        state.setdefault("resumed_at", []).append(len(state["history"]))  # epochs done before: history.png marks it
     pretrained = config["backbone_weights"] != "none"
     config = {**FINE_TUNING, **config} if pretrained else config  # a preset from random weights made pretrained
     phase = state["phase"] if state else "head"
@@ -275,10 +277,12 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
 
     images, labels = data.load_training_set(data_path)
     if state and state["split"]["fingerprint"] != data.fingerprint(images, labels):
-        sys.exit(f"the checkpoint in {checkpoint.folder} was made from other data than {data_path}")
+        made_from = state["split"].get("data")
+        sys.exit(f"the checkpoint in {checkpoint.folder} was made from {made_from or 'other data'}, not {data_path}"
+                 + (f": resume with {command.train(RESUME=1, DATA=made_from)}" if made_from else ""))
     if state is None:
-        shutil.rmtree(checkpoint.folder, ignore_errors=True)  # an interrupted run that --overwrite discards
-        state = new_run(images, labels, config, seed, split_seed, keep_outliers, data_path)
+        checkpoint.remove()  # an interrupted run that --overwrite discards
+        state = new_run(images, labels, config, seed, split_seed, keep_outliers, data_path, command.variables["PRESET"])
     checkpoint.state = state
     train_idx, val_idx = (np.array(state["split"][k], dtype=np.int64) for k in ("train", "validation"))
     log(f"{len(train_idx)} training, {len(val_idx)} validation and {len(state['split']['holdout'])} held-out images")
@@ -317,10 +321,11 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
               follow=[follow_clean_share(config, clean_share), *clock])
 
     # the finished run: weights, split and history renamed into place, then the checkpoint goes
-    save_weights(network, config, out / "weights.npz", images[val_idx])
-    data.write_json(out / "split.json", {**state["split"], "config": config})
-    save_history(state["history"], out)
-    shutil.rmtree(checkpoint.folder)
+    precision = save_weights(network, config, out / "weights.npz", images[val_idx], labels[val_idx])
+    data.write_json(out / "split.json", {**state["split"], "config": config, "preset": state.get("preset"),
+                                         "trained_epochs": len(state["history"]), "precision": precision})
+    save_history(state["history"], out, state.get("resumed_at", ()))
+    checkpoint.remove(then_stop=False)  # the run is complete: a Ctrl-C now changes nothing
     return state["history"]
 
 
@@ -347,36 +352,57 @@ def resumed_config(state, config):
     return state["config"]
 
 
-def new_run(images, labels, config, seed, split_seed, keep_outliers, data_path):
-    """A fresh run's state: the config, and the split made now."""
+def new_run(images, labels, config, seed, split_seed, keep_outliers, data_path, preset=None):
+    """A fresh run's state: the config (of preset, by name), and the split made now."""
     train_idx, val_idx, holdout_idx, removed = split_data(images, labels, config, split_seed, keep_outliers)
     split = {"fingerprint": data.fingerprint(images, labels), "data": str(data_path), "split_seed": split_seed,
              "holdout": holdout_idx.tolist(), "validation": val_idx.tolist(), "train": train_idx.tolist(),
              "removed": removed}
-    return {"config": config, "seed": seed, "split": split, "phase": "head", "epoch": 0, "history": [], "callbacks": {}}
+    return {"config": config, "preset": preset, "seed": seed, "split": split, "phase": "head", "epoch": 0, "history": [],
+            "callbacks": {}}
 
 
-def save_weights(network, config, path, check_images):
-    """Store float16 weights when they give the same labels as float32 on check_images, else float32."""
+def save_weights(network, config, path, check_images, check_labels):
+    """Store float16 weights when they get as many check images right as float32, within one image,
+    else float32. Returns the precision stored and why, in words."""
     path.parent.mkdir(parents=True, exist_ok=True)
     architecture = {k: config[k] for k in ARCHITECTURE_KEYS}
     candidate = path.with_name("float16-candidate.npz")
     save_network(network, architecture, candidate, float16=True)
     x = check_images.astype(np.float32)
-    same = np.array_equal(network.predict(x, verbose=0).argmax(1),
-                          load_network(candidate)[0].predict(x, verbose=0).argmax(1))
-    if same:
+    keep, why = float16_verdict(check_labels, network.predict(x, verbose=0).argmax(1),
+                                load_network(candidate)[0].predict(x, verbose=0).argmax(1))
+    if keep:
         os.replace(candidate, path)
     else:
         candidate.unlink()
         save_network(network, architecture, path)
-    log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, "
-        f"{'float16: same labels as float32' if same else 'float32: float16 changed some labels'} "
-        f"on {len(x)} validation images)")
+    log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, {why})")
+    return {"dtype": "float16" if keep else "float32", "why": why}
 
 
-def save_history(rows, out):
-    """history.csv (one row per epoch, both phases) and history.png (the curves)."""
+def float16_verdict(labels, float32_predicted, float16_predicted):
+    """Whether float16 weights may ship, and why. Their labels need not all be float32's: an image
+    on the edge between two classes may flip either way, and one such flip of a thousand would double
+    the zip. Their count of right images must be within one of float32's."""
+    right32, right16 = int(np.sum(float32_predicted == labels)), int(np.sum(float16_predicted == labels))
+    counts = f"{right16} of {len(labels)} validation images right, float32 {right32}"
+    if abs(right16 - right32) <= 1:
+        return True, f"float16: {counts}, within one image, at half the size"
+    return False, f"float32: float16 gets {counts}, more than one image apart"
+
+
+def kept_epoch(rows):
+    """The index in rows of the epoch whose weights the run ends with, or None for no epochs: the best
+    validation loss of the last phase that trained (early stopping's: the first of equals, never NaN)."""
+    last = [i for i, row in enumerate(rows) if row["phase"] == rows[-1]["phase"]] if rows else []
+    scored = [i for i in last if math.isfinite(float(rows[i].get("val_loss", "nan")))]
+    return min(scored, key=lambda i: float(rows[i]["val_loss"])) if scored else (last[-1] if last else None)
+
+
+def save_history(rows, out, resumed_at=()):
+    """history.csv (one row per epoch, both phases) and history.png (the curves, the epoch the run kept,
+    and where it was resumed: after resumed_at's numbers of epochs)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, list(dict.fromkeys(["phase", "epoch", *(k for row in rows for k in row)])))
     writer.writeheader()
@@ -390,14 +416,24 @@ def save_history(rows, out):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     step = np.arange(1, len(rows) + 1)
     phase1_epochs = sum(r["phase"] == "head" for r in rows)
+    kept = kept_epoch(rows)
     for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set_title(metric)
+        if not rows:  # empty axes would look like a drawing that failed
+            ax.text(0.5, 0.5, "no epochs trained", ha="center", va="center", transform=ax.transAxes, fontsize=12)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         for prefix, style in (("", "-"), ("val_", "--")):
             ax.plot(step, [r.get(prefix + metric, np.nan) for r in rows], style, label=prefix + metric)
+        ax.plot(kept + 1, rows[kept].get("val_" + metric, np.nan), "*", color="crimson", markersize=12,
+                label=f"kept: {phase_name(rows[kept]['phase'])}, epoch {rows[kept]['epoch']}")
         if 0 < phase1_epochs < len(rows):
             ax.axvline(phase1_epochs + 0.5, color="grey", lw=0.8, label="phase 2 begins")
+        for k, done in enumerate(resumed_at):
+            ax.axvline(done + 0.5, color="darkorange", lw=1, ls=":", label="resumed" if k == 0 else None)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch (both phases)")
-        ax.set_title(metric)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)  # below, off the curves
     fig.tight_layout()
     data.save_figure(fig, out / "history.png")
@@ -516,8 +552,8 @@ def preset_values(key):
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     epilog = "presets:\n" + "\n".join(f"  {name:5} {about}" for name, about in ABOUT.items())
-    p = argparse.ArgumentParser(description=__doc__, epilog=epilog, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.ArgumentParser(description=__doc__, epilog=epilog, allow_abbrev=False,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/training_set.npz", help="the challenge's training_set.npz (default: %(default)s)")
     p.add_argument("--preset", default="seed", choices=PRESETS, help="the recipe; flags change single values of it "
                                                                      "(default: %(default)s; listed below)")
@@ -548,14 +584,49 @@ def parse_args(argv=None):
     return args, config
 
 
+def last_words(rows, out, command):
+    """What a finished run ends with: the commands that follow, and for a bundle not worth uploading,
+    a warning that says why and what to train instead."""
+    kept = kept_epoch(rows)
+    accuracy = rows[kept].get("val_accuracy") if kept is not None else None
+    reason = not_worth_uploading({out: run_record(out)}, accuracy, images="validation")
+    if reason is None:
+        return [f"next: {command.then('submission')} (the bundle to upload), then {command.then('evaluate')} "
+                "(accuracy on the held-out images, clean and corrupted)"]
+    return [f"next: {command.then('submission')} packs it and {command.then('evaluate')} scores it, but:",
+            warning(reason, command.train(keep_flags=False, PRESET="cpu", OVERWRITE=1),
+                    command.train(keep_flags=False, PRESET="seed", OVERWRITE=1))]
+
+
+def stopped(signum, out, command):
+    """The line a run stopped by a signal ends with: what its checkpoint keeps, and the command that goes on."""
+    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    checkpoint = Checkpoint(Path(out) / "checkpoint")
+    state = checkpoint.load()
+    if state is None:
+        again = command.train(**({"OVERWRITE": 1} if (Path(out) / "weights.npz").is_file() else {}))
+        return f"stopped by {how} before the first epoch's checkpoint, so nothing is kept: start again with {again}"
+    config = {RENAMED.get(key, key): value for key, value in state["config"].items()}
+    if state["phase"] == "finetune" and state["epoch"] == 0:
+        kept = "phase 1 complete, phase 2 not begun"
+    else:
+        epochs = config["phase1_epochs" if state["phase"] == "head" else "phase2_epochs"]
+        kept = f"{phase_name(state['phase'])}, epoch {state['epoch']} of {epochs}"
+    return f"stopped by {how}: {checkpoint.folder} keeps {kept}; continue with {command.train(RESUME=1)}"
+
+
 if __name__ == "__main__":
     args, config = parse_args()
     changed = {key: value for key, value in config.items() if value != PRESETS[args.preset].get(key)}
     log(f"preset {args.preset}" + ("".join(f"\n  {key}: {value}" for key, value in changed.items()) if changed else ""))
     try:
-        train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume, overwrite=args.overwrite,
-              split_seed=args.split_seed, command=args.command)
+        with stopping_cleanly():
+            rows = train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume,
+                         overwrite=args.overwrite, split_seed=args.split_seed, command=args.command)
     except data.DataError as e:
         sys.exit(f"error: {e}")
-    log(f"next: {args.command.then('submission')} (the bundle to upload), then {args.command.then('evaluate')} "
-        "(accuracy on the held-out images, clean and corrupted)")
+    except Stopped as stop:
+        log(stopped(stop.signum, args.out, args.command))
+        sys.exit(128 + stop.signum)  # as a shell reports a process its signal ended
+    for line in last_words(rows, args.out, args.command):
+        log(line)

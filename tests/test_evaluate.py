@@ -1,12 +1,14 @@
 """evaluate.py on small generated data and a tiny random network: the report adds up, the corruptions
 do what they claim and repeat for a seed, and a split made for other data is refused."""
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
@@ -198,6 +200,67 @@ def test_refuses_a_split_made_for_other_data(evaluated, tmp_path):
     with pytest.raises(SystemExit, match="fingerprint"):
         evaluate.main(["--data", str(other), "--weights", str(evaluated["weights"]), "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()  # nothing written for a refused run
+
+
+def test_other_data_is_refused_naming_the_file_the_split_was_made_from(evaluated, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    shutil.copytree(evaluated["weights"], weights)
+    (weights / "split.json").write_text(json.dumps({**evaluated["split"], "data": "runs/the-file-it-trained-on.npz"}))
+    other = tmp_path / "other.npz"
+    np.savez(other, images=data.load_training_set(evaluated["data"])[0][::-1], labels=evaluated["labels"])
+    recorded = "runs/the-file-it-trained-on.npz"
+    with pytest.raises(SystemExit, match=f"was made from {recorded}.*DATA={recorded}"):
+        evaluate.main(["--data", str(other), "--weights", str(weights), "--out", str(tmp_path / "r")])
+
+
+def test_an_error_in_the_options_is_one_line_and_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--limit", "0"])
+    error = capsys.readouterr().err.splitlines()  # its program's name is pytest's here
+    assert len(error) == 1 and re.fullmatch(r"\S+: error: --limit must be at least 1 \(.* --help lists every option\)",
+                                            error[0])
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    options = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:", 1)[1])[1:]  # one entry per option
+    for option in options:
+        if not option.startswith("-h"):
+            assert "(default: " in " ".join(option.split()), option
+    assert len(options) == 11 and any(o.startswith("--severities") and "1 mild" in o for o in options)
+
+
+def drawn(monkeypatch):
+    """The figures the plots hand to data.save_figure, kept open and drawn instead of written."""
+    figures = []
+    def keep(fig, path, dpi=110):
+        fig.set_dpi(dpi)
+        fig.canvas.draw()
+        figures.append(fig)
+    monkeypatch.setattr(data, "save_figure", keep)
+    return figures
+
+
+def test_the_mistakes_titles_stay_clear_of_each_other_also_for_the_longest_class_names(monkeypatch):
+    figures = drawn(monkeypatch)
+    longest = model.CLASS_NAMES.index(max(model.CLASS_NAMES, key=len))
+    n = 50  # more than the picture shows: every panel is used
+    evaluate.plot_misclassified(cell_images(n), np.full(n, longest), np.full(n, longest), np.linspace(1, 0.5, n), 1367,
+                                "misclassified.png")
+    renderer = figures[0].canvas.get_renderer()
+    titled = [ax for ax in figures[0].axes if ax.get_title()]
+    for a in titled:
+        title = a.title.get_window_extent(renderer)
+        assert figures[0].bbox.contains(title.x0, title.y0) and figures[0].bbox.contains(title.x1, title.y1)
+        for b in figures[0].axes:
+            if b is not a:
+                assert not title.overlaps(b.title.get_window_extent(renderer)), a.get_title()
+                assert not title.overlaps(b.get_window_extent(renderer)), a.get_title()
+
+
+def test_the_robustness_samples_are_laid_out_wider_than_tall_to_fit_a_screen(tmp_path):
+    evaluate.plot_samples(cell_images(1)[0], 0, list(evaluate.SEVERITIES), list(evaluate.CORRUPTIONS),
+                          tmp_path / "robustness_samples.png")
+    width, height = Image.open(tmp_path / "robustness_samples.png").size
+    assert width >= height, (width, height)
 
 
 def test_refuses_a_missing_or_leaky_split(evaluated, tmp_path):

@@ -233,6 +233,18 @@ def test_cli_writes_the_json_and_the_sheet(planted, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["outliers.json", "outliers.png"]  # no temp files
 
 
+def test_each_section_of_the_sheet_says_how_many_of_its_images_it_shows(planted):
+    images, labels, _, _ = planted
+    result, group, _ = outliers.analyse(images, labels)
+    sections = outliers.sheet_sections(result, group, per_reason=2, cols=10)
+    assert len(sections) == len(result["counts"])
+    for reason, count in result["counts"].items():
+        title, shown = next((title, shown) for title, shown in sections if title.startswith(f"{reason}: "))
+        flagged = [i for i in shown if result["reasons"].get(i) == reason]  # duplicates also show the copy kept
+        assert title.startswith(f"{reason}: {count} image")
+        assert (f", {len(flagged)} shown" in title) == (len(flagged) < count), title
+
+
 def test_a_file_of_floats_in_0_1_is_scaled_like_model_predict_scales_them(planted, tmp_path, monkeypatch, capsys):
     from data import load_training_set
     images, labels, _, expected = planted

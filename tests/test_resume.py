@@ -17,7 +17,7 @@ import augment
 import data
 import model
 import train
-from checkpoint import Checkpoint, run_phase
+from checkpoint import Checkpoint, Stopped, run_phase, stopping_cleanly
 from conftest import ROOT
 
 
@@ -89,6 +89,45 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_
     assert split["config"]["phase2_epochs"] == 2 and "epochs_finetune" not in split["config"]
     assert not (out / "checkpoint").exists()
     model.Model(out)  # the finished weights load
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop, how", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_or_sigterm_ends_with_one_line_naming_the_checkpoint_and_the_command_that_resumes(
+        learnable_npz, tmp_path, stop, how):
+    out = tmp_path / "weights"
+    run = run_train(learnable_npz, out)
+    while run.poll() is None and not latest_checkpoint(out):  # phase 1's first epoch is kept
+        time.sleep(0.2)
+    run.send_signal(stop)
+    log = run.communicate()[0]
+    assert run.returncode == 128 + stop, log[-3000:]  # as a shell reports a process its signal ended
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
+    state = latest_checkpoint(out)
+    resume = (f'make train PRESET=tiny DATA={learnable_npz} WEIGHTS={out} RESUME=1 '
+              f'ARGS="--phase1-epochs 3 --phase2-epochs 3 --keep-outliers"')  # the user's own variables and flags
+    last = log.strip().splitlines()[-1]
+    assert last.endswith(f"stopped by {how}: {out / 'checkpoint'} keeps phase 1, epoch {state['epoch']} of 3; "
+                         f"continue with {resume}"), last
+
+
+def test_a_stop_while_a_checkpoint_is_written_waits_for_it_to_be_complete(tmp_path, monkeypatch):
+    network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D(),
+                                keras.layers.Dense(8, activation="softmax")])
+    train.compile_network(network, 1e-3, train.PRESETS["tiny"], [1.0] * 8)
+    checkpoint = Checkpoint(tmp_path / "checkpoint")
+    checkpoint.state = {"phase": "head", "epoch": 1, "history": [], "callbacks": {}}
+    real_savez = np.savez
+    def savez_then_ctrl_c(file, *arrays):
+        real_savez(file, *arrays)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives with the checkpoint's first file on disk
+    monkeypatch.setattr(np, "savez", savez_then_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    with stopping_cleanly(), pytest.raises(Stopped):
+        checkpoint.save(network, with_optimizer=False)
+    monkeypatch.undo()
+    assert Checkpoint(tmp_path / "checkpoint").load()["epoch"] == 1  # complete, and named by latest.json
+    assert signal.getsignal(signal.SIGINT) is before  # pytest's again
 
 
 def epochs_until_early_stop(val_losses, epochs, patience):
@@ -299,7 +338,7 @@ def test_editing_the_code_while_it_trains_does_not_break_the_run(learnable_npz, 
     # traced when phase 2 began, then read lines an edit had moved, and the run crashed
     code = tmp_path / "code"
     code.mkdir()
-    for name in ("train.py", "augment.py", "checkpoint.py", "model.py", "data.py", "outliers.py"):
+    for name in ("train.py", "augment.py", "checkpoint.py", "model.py", "data.py", "outliers.py", "submission.py"):
         shutil.copy(ROOT / name, code / name)
     out = tmp_path / "weights"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

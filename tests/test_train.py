@@ -1,6 +1,7 @@
 """The recipe's parts: focal loss, freezing, the held-out split, backbone weights, the strategy."""
 import json
 import os
+import re
 import subprocess
 import sys
 from itertools import pairwise
@@ -13,6 +14,7 @@ import tensorflow as tf
 import augment
 import data
 import model
+import submission
 import train
 from conftest import ROOT, learnable_images
 
@@ -96,8 +98,13 @@ def test_data_errors_name_the_problem(tmp_path):
     with pytest.raises(data.DataError, match="build_training_set.py"):
         data.load_training_set(tmp_path / "absent.npz")
     np.savez(tmp_path / "bad.npz", pictures=np.zeros((2, 96, 96, 3), np.uint8))
-    with pytest.raises(data.DataError, match="lacks"):
+    with pytest.raises(data.DataError, match="lacks.*`make data`"):
         data.load_training_set(tmp_path / "bad.npz")
+    # the shared folder's archive given as DATA: its arrays as ../shared/data/README.md describes them
+    np.savez(tmp_path / "train_jpeg.npz", jpeg=np.zeros(10, np.uint8), offsets=np.array([0, 10]),
+             labels=np.zeros(1, np.uint8))
+    with pytest.raises(data.DataError, match="JPEG-encoded images .*`make data` decodes them into data/training_set.npz"):
+        data.load_training_set(tmp_path / "train_jpeg.npz")
     cases = [
         (np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2), "shape"),
         (np.zeros((2, 96, 96, 3), np.uint8), np.zeros(3), "2 images but 3 labels"),
@@ -156,6 +163,24 @@ def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
         train.train(config, tmp_path / "absent.npz", out, overwrite=True, command=args.command)
 
 
+def test_every_folder_the_tools_write_or_suggest_is_ignored_by_git(tmp_path, monkeypatch):
+    # what they hold is made from the training images: `git add .` must never pick it up
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    monkeypatch.chdir(tmp_path)  # the refusal suggests a folder beside the one given, as make train would
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "weights.npz").write_bytes(b"a finished run")
+    args, config = train.parse_args(["--preset", "tiny"])
+    with pytest.raises(SystemExit) as refusal:
+        train.train(config, "absent.npz", "weights", command=args.command)
+    suggested = re.search(r"WEIGHTS=(\S+)", str(refusal.value)).group(1)
+    defaults = dict(re.findall(r"^(\w+) \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE))
+    written = [f"{suggested}/weights.npz", f"{defaults['WEIGHTS']}/checkpoint/latest.json", defaults["DATA"],
+               defaults["SUBMISSION"], f"{defaults['REPORTS']}/evaluation.json", "reports-quick/robustness.png",
+               "runs/seed1/weights.npz", ".venv"]  # runs/: the README's ensembles
+    run = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *written], capture_output=True, text=True)
+    assert run.stdout.split() == written, f"not ignored: {sorted(set(written) - set(run.stdout.split()))}"
+
 def test_a_large_network_without_a_gpu_gets_one_line_of_advice(monkeypatch):
     network = model.build_network("MobileNetV3Small")
     monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: [])
@@ -182,11 +207,47 @@ def test_importing_tensorflow_drops_the_cuda_plugin_lines():
     assert run.returncode == 0 and "Unable to register" not in run.stderr
 
 
-def test_the_cuda_plugin_filter_lets_every_other_line_through(capfd):
-    noise = (b"E0000 cuda_dnn.cc:8454] Unable to register cuDNN factory: Attempting to register factory for plugin "
-             b"cuDNN when one has already been registered\n")
-    assert data.without_cuda_plugin_noise(lambda: os.write(2, b"a real error\n" + noise + b"another\n") and 7) == 7
+HARMLESS_LINES = (b"E0000 cuda_dnn.cc:8454] Unable to register cuDNN factory: Attempting to register factory for plugin "
+                  b"cuDNN when one has already been registered\n"
+                  b"E tensorflow/core/util/util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512. "
+                  b"Falling back to the default Eigen-based implementation if present.\n"
+                  b"W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: Could not find TensorRT\n")
+
+
+def test_the_harmless_lines_filter_lets_every_other_line_through(capfd):
+    written = b"a real error\n" + HARMLESS_LINES + b"another\n"
+    assert data.without_harmless_lines(lambda: os.write(2, written) and 7) == 7
     assert capfd.readouterr().err == "a real error\nanother\n"
+    assert data.drop_harmless(written.decode()) == "a real error\nanother\n"
+
+
+def run_our_program(folder, code):
+    """code run as a program of ours: a file beside data.py and model.py, as train.py is."""
+    folder.mkdir(exist_ok=True)
+    for name in ("data.py", "model.py"):
+        (folder / name).write_text((ROOT / name).read_text())
+    (folder / "program.py").write_text(code)
+    return subprocess.run([sys.executable, str(folder / "program.py")], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def test_our_programs_drop_tensorflows_harmless_lines_while_they_run_and_nothing_else(tmp_path):
+    # the oneDNN line comes mid-run, from TensorFlow's C++ code (here a graph's int32 transpose), so the
+    # filter must stay on fd 2 after the import; the error line after it and the traceback must come out
+    run = run_our_program(tmp_path, "import os, sys\nimport data\nimport tensorflow as tf\n"
+                                    "tf.function(tf.transpose)(tf.constant([[1, 2], [3, 4]]))\n"
+                                    f"os.write(2, {HARMLESS_LINES!r})\n"
+                                    "os.write(2, b'E a real error from C++\\n')\n"
+                                    "print('on stdout')\n"
+                                    "raise RuntimeError('a real failure')\n")
+    assert run.returncode == 1 and run.stdout == "on stdout\n"
+    for name in data.HARMLESS:  # no line of the plugins or the oneDNN check, at import or later
+        assert name not in run.stderr, run.stderr
+    assert run.stderr.startswith("E a real error from C++\nTraceback")  # in order, every line of it
+    assert run.stderr.endswith("RuntimeError: a real failure\n")
+    # a crash leaves no time to flush anything: the line before it still comes out
+    crash = run_our_program(tmp_path, "import os\nimport data\nos.write(2, b'F a fatal check failed\\n')\nos.abort()\n")
+    assert crash.returncode != 0 and crash.stderr == "F a fatal check failed\n"
 
 
 def test_a_width_or_a_backbone_without_imagenet_weights_says_to_train_from_scratch(monkeypatch):
@@ -258,9 +319,12 @@ def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_it
         real_run_phase(network, *args, **kwargs)
         seen[-1] += (network.get_weights(),)
     monkeypatch.setattr(train, "run_phase", run_phase)
+    drawn = []  # where history.png marks the resume
+    monkeypatch.setattr(train, "save_history", lambda rows, out, resumed_at: drawn.append(list(resumed_at)))
     with pytest.raises(KeyboardInterrupt):
         train.train(config, learnable_npz, tmp_path, keep_outliers=True)
     train.train(config, learnable_npz, tmp_path, keep_outliers=True, resume=True)
+    assert drawn == [[1]]  # after phase 1's one epoch
     (_, head_size, head_start, head_end), (_, first_size, first_start), (_, size, start, _) = seen
     assert (head_size, first_size, size) == (48, 64, 64)
     for followed, resumed, trained in zip(first_start, start, head_end):  # phase 2 starts from phase 1's weights,
@@ -289,6 +353,115 @@ def test_zero_epochs_of_both_phases_write_the_untrained_network(learnable_npz, t
     for a, b in zip(untrained.get_weights(), saved.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)  # float16 storage, at most
     assert (tmp_path / "history.csv").read_text().splitlines() == ["phase,epoch"]
+    assert json.loads((tmp_path / "split.json").read_text())["trained_epochs"] == 0  # what make submission warns of
+
+
+class Answers:
+    """Stands for a network in save_weights: it predicts the labels given, and stores one weight."""
+    def __init__(self, predicted):
+        self.predicted = predicted
+
+    def get_weights(self):
+        return [np.linspace(0, 1, 16, dtype=np.float32)]
+
+    def predict(self, x, verbose=0):
+        return np.eye(8)[self.predicted]
+
+
+@pytest.mark.parametrize("turned_wrong, turned_right, shipped", [
+    (1, 0, "float16"),  # one image of a thousand on the edge between two classes: the zip stays half the size
+    (1, 1, "float16"),  # two labels changed, as many images right
+    (2, 0, "float32"),  # two images fewer right: float16 costs accuracy
+    (0, 2, "float32"),  # or gains it by chance: float32 is what was validated
+])
+def test_float16_ships_when_it_gets_as_many_check_images_right_within_one(turned_wrong, turned_right, shipped,
+                                                                           tmp_path, monkeypatch, capsys):
+    labels = np.arange(1000) % 8
+    float32 = np.where(np.arange(1000) < 900, labels, (labels + 1) % 8)  # 900 right, 100 wrong
+    float16 = float32.copy()
+    float16[:turned_wrong] = (labels[:turned_wrong] + 1) % 8
+    float16[900:900 + turned_right] = labels[900:900 + turned_right]
+    monkeypatch.setattr(train, "load_network", lambda path: (Answers(float16), {}))
+    path = tmp_path / "weights.npz"
+    precision = train.save_weights(Answers(float32), train.PRESETS["tiny"], path, np.zeros((1000, 1, 1, 3)), labels)
+    assert precision["dtype"] == shipped and np.load(path)["w0000"].dtype == shipped
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.npz"]
+    assert precision["why"].startswith(f"{shipped}: ")
+    assert f"{np.sum(float16 == labels)} of 1000 validation images right, float32 900" in precision["why"]
+    assert f"{precision['why']})" in capsys.readouterr().out  # the log line says it
+
+
+def test_make_submission_says_which_precision_each_run_ships_in(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for run, why in zip(runs, ("float16: as float32 within one image", "float32: more than one image apart")):
+        run.mkdir()
+        (run / "split.json").write_text(json.dumps({"precision": {"dtype": why[:7], "why": why}}))
+    assert submission.precision(runs[:1]) == "float16: as float32 within one image"
+    assert submission.precision(runs) == (f"{runs[0]}: float16: as float32 within one image; {runs[1]}: float32: more "
+                                          f"than one image apart; {runs[2]}: precision not recorded (an older train.py)")
+
+
+def epoch(phase, val_loss, val_accuracy):
+    return {"phase": phase, "epoch": 1, "val_loss": val_loss, "val_accuracy": val_accuracy}
+
+
+def test_the_kept_epoch_is_the_best_validation_loss_of_the_last_phase_that_trained():
+    rows = [epoch("head", 0.1, 0.99), epoch("finetune", 0.9, 0.5), epoch("finetune", 0.5, 0.7), epoch("finetune", 0.5, 0.8),
+            epoch("finetune", float("nan"), 0.1)]
+    assert train.kept_epoch(rows) == 2  # phase 1's better loss is not what phase 2 ends with; the first of equals
+    assert train.kept_epoch(rows[:1]) == 0 and train.kept_epoch([]) is None
+
+
+@pytest.mark.parametrize("record, rows, why", [
+    ({"preset": "tiny", "trained_epochs": 0}, [], "it trained no epochs, its weights are random"),
+    ({"preset": "tiny", "trained_epochs": 2}, [epoch("head", 1.0, 0.9), epoch("finetune", 0.5, 0.9)],
+     "a run of the tiny preset is a smoke test of the code"),
+    ({"preset": "cpu", "trained_epochs": 2}, [epoch("finetune", 2.0, 0.9), epoch("finetune", 1.9, 0.2)],
+     "its validation accuracy 0.200 is near chance"),  # the kept epoch's, not the best accuracy's
+])
+def test_a_run_not_worth_uploading_ends_with_a_warning_saying_why_and_what_to_train_instead(record, rows, why, tmp_path):
+    out = tmp_path / "weights"
+    out.mkdir()
+    (out / "split.json").write_text(json.dumps(record))
+    args, _ = train.parse_args(["--preset", record["preset"], "--out", str(out), "--phase1-epochs", "0"])
+    *first, last = train.last_words(rows, out, args.command)
+    assert "(the bundle to upload)" not in " ".join(first)
+    assert last.startswith(f"warning: not worth uploading: {why}")
+    assert f"make train PRESET=cpu WEIGHTS={out} OVERWRITE=1 (on a CPU) or make train WEIGHTS={out} OVERWRITE=1" in last
+
+
+def test_a_run_that_learnt_ends_with_the_command_that_bundles_it(tmp_path):
+    (tmp_path / "split.json").write_text(json.dumps({"preset": "cpu", "trained_epochs": 1}))
+    args, _ = train.parse_args(["--preset", "cpu", "--out", str(tmp_path)])
+    assert train.last_words([epoch("finetune", 0.1, 0.98)], tmp_path, args.command) == [
+        f"next: make submission WEIGHTS={tmp_path} (the bundle to upload), then make evaluate WEIGHTS={tmp_path} "
+        "(accuracy on the held-out images, clean and corrupted)"]
+
+
+def drawn_history(rows, resumed_at, tmp_path, monkeypatch):
+    """history.png's two axes, drawn from rows, kept open instead of written."""
+    figures = []
+    monkeypatch.setattr(data, "save_figure", lambda fig, path: figures.append(fig))
+    train.save_history(rows, tmp_path, resumed_at)
+    return figures[0].axes
+
+
+def test_a_history_of_no_epochs_says_so_instead_of_empty_axes(tmp_path, monkeypatch):
+    for ax in drawn_history([], (), tmp_path, monkeypatch):
+        assert [t.get_text() for t in ax.texts] == ["no epochs trained"]
+
+
+def test_the_history_marks_the_epoch_kept_and_where_the_run_was_resumed(tmp_path, monkeypatch):
+    rows = [{**epoch("head", 1.5, 0.4), "epoch": 1}, {**epoch("head", 1.2, 0.5), "epoch": 2},
+            {**epoch("finetune", 0.8, 0.7), "epoch": 1}, {**epoch("finetune", 0.6, 0.8), "epoch": 2},
+            {**epoch("finetune", 0.7, 0.9), "epoch": 3}]
+    for ax in drawn_history(rows, [3], tmp_path, monkeypatch):
+        handles, labels = ax.get_legend_handles_labels()
+        kept = handles[labels.index("kept: phase 2, epoch 2")]
+        metric = "val_" + ax.get_title()
+        assert list(kept.get_xdata()) == [4] and list(kept.get_ydata()) == [rows[3][metric]]  # phase 2's best loss
+        assert list(handles[labels.index("resumed")].get_xdata()) == [3.5, 3.5]  # after the third epoch
+        assert list(handles[labels.index("phase 2 begins")].get_xdata()) == [2.5, 2.5]
 
 
 def test_the_same_seed_gives_the_same_cleaning_and_split():
@@ -350,10 +523,11 @@ def test_presets_carry_only_the_keys_they_use():
     ["--phase1-epochs", "-1"], ["--phase2-epochs", "-2"], ["--epochs-head", "-1"], ["--unfreeze", "-1"], ["--patience", "-1"],  # no negative counts
     ["--batch-size", "0"], ["--phase1-epochs", "1.5"],  # no empty batch; not a count
 ])
-def test_out_of_range_values_are_refused_naming_the_flag(refused, capsys):
+def test_out_of_range_values_are_refused_naming_the_flag_in_one_line(refused, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "cpu", *refused])
-    assert refused[0] in capsys.readouterr().err
+    error = capsys.readouterr().err.splitlines()
+    assert len(error) == 1 and refused[0] in error[0] and "--help lists every option" in error[0]  # no usage above it
 
 
 def test_help_shows_each_presets_purpose_and_every_default(capsys):
