@@ -118,8 +118,7 @@ def build_network(backbone="EfficientNetV2L", input_size=IMAGE_SIZE, dropout=0.2
     and an 8-way softmax. width multiplies the channels of every layer (Keras' alpha); only the
     MobileNets take it. colour_constancy puts ColourConstancy first; ibn (ResNet10 only) normalises
     half of the first layers' channels per image; antialias (ResNet10 only) blurs before its stride-4
-    stem. folded=True (ResNet10 only) is the form
-    fold_into_convolutions fills.
+    stem. folded=True (ResNet10 only) is the form fold_into_convolutions fills.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -207,7 +206,8 @@ def fold_into_convolutions(network, config):
         if isinstance(conv, keras.layers.Conv2D):
             bn = trained.get_layer(f"{conv.name}_bn")
             gamma, beta, mean, variance = bn.get_weights()
-            scale, shift = gamma / np.sqrt(variance + bn.epsilon), beta - mean * gamma / np.sqrt(variance + bn.epsilon)
+            scale = gamma / np.sqrt(variance + bn.epsilon)
+            shift = beta - mean * scale
             kernel, = trained.get_layer(conv.name).get_weights()
             per_image = kernel.shape[-1] - len(scale)  # IBN: the first channels are normalised per image, after it
             scale = np.concatenate([np.ones(per_image, np.float32), scale])
