@@ -76,6 +76,16 @@ def uniform(x, low, high, shape=(1, 1, 1)):
     return tf.random.uniform([tf.shape(x)[0], *shape], low, high)
 
 
+def in_hsv(change):
+    """A change of images in [0, 255] made to their hue, saturation and value in [0, 1]."""
+    return lambda x: tf.image.hsv_to_rgb(change(tf.image.rgb_to_hsv(x / 255.0))) * 255.0
+
+
+def turn_hue(x, low, high):
+    """Each image's hue turned by its own uniform draw from [low, high) of the colour wheel."""
+    return in_hsv(lambda h: tf.concat([(h[..., :1] + uniform(h, low, high)) % 1.0, h[..., 1:]], -1))(x)
+
+
 def paint_squares(x, fill):
     """x with one to three squares of 8 to 32 pixels (at 96 px) per image, each painted fill(x)."""
     size = x.shape[1]
@@ -107,9 +117,7 @@ def corrupt_like_a_test_set(x, p, clean_share=0.0):
     x = tf.image.random_flip_up_down(tf.image.random_flip_left_right(x))
 
     # colour: the stain and the camera
-    def in_hsv(change):
-        return lambda x: tf.image.hsv_to_rgb(change(tf.image.rgb_to_hsv(x / 255.0))) * 255.0
-    x = change_some(x, p, in_hsv(lambda h: tf.concat([(h[..., :1] + uniform(h, -0.15, 0.15)) % 1.0, h[..., 1:]], -1)))
+    x = change_some(x, p, lambda x: turn_hue(x, -0.15, 0.15))
     x = change_some(x, p, in_hsv(lambda h: tf.concat(
         [h[..., :1], tf.clip_by_value(h[..., 1:2] * uniform(h, 0.1, 3.0), 0, 1), h[..., 2:]], -1)))
     x = change_some(x, p, lambda x: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)))
@@ -160,10 +168,7 @@ def broad_colours(x, p):
     """The colour breadth the challenge's top entries trained with (keras-cv RandomHue up to the whole
     wheel, ChannelShuffle, RandomChannelShift of up to half the range, Solarization, cut-outs of
     random colours), each on its own random share p of the batch. x: float (n, 96, 96, 3) in [0, 255]."""
-    def turn_hue(x):  # any angle of the colour wheel
-        h = tf.image.rgb_to_hsv(x / 255.0)
-        return tf.image.hsv_to_rgb(tf.concat([(h[..., :1] + uniform(h, 0, 1)) % 1.0, h[..., 1:]], -1)) * 255.0
-    x = change_some(x, p, turn_hue)
+    x = change_some(x, p, lambda x: turn_hue(x, 0.0, 1.0))  # any angle of the colour wheel
     orders = tf.constant([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
     x = change_some(x, p, lambda x: tf.gather(x, tf.gather(orders, tf.random.uniform([tf.shape(x)[0]], 0, 6, tf.int32)),
                                               axis=3, batch_dims=1))
