@@ -34,7 +34,7 @@ from augment import MIXES, clean_share_at, follow_clean_share, make_augment, mak
 from checkpoint import Checkpoint, Stopped, log, phase_name, run_phase, start_or_resume, stopping_cleanly
 from outliers import find_outliers
 from model import BACKBONES, NUM_CLASSES, build_network, load_network, save_network
-from submission import not_worth_uploading, run_record, warning
+from submission import MAKE_DEFAULTS, not_worth_uploading, run_record, warning
 
 # Configuration as plain data: the seed recipe, and presets that say what they change from it.
 BASE = dict(
@@ -341,9 +341,14 @@ def pipelines(config, images, labels, train_idx, val_idx, batch_size, seed):
     return [train_ds(0), train_ds(1)], make_dataset(images[val_idx], labels[val_idx], batch_size), clean_share
 
 
+def with_todays_names(config):
+    """A checkpoint's config with the keys older train.py named otherwise renamed (RENAMED)."""
+    return {RENAMED.get(key, key): value for key, value in config.items()}
+
+
 def resumed_config(state, config):
     """The checkpoint's config, with today's key names; settings added since come from config (the preset given now)."""
-    saved = {RENAMED.get(key, key): value for key, value in state["config"].items()}
+    saved = with_todays_names(state["config"])
     predates = {key: value for key, value in config.items() if key not in saved}
     if predates:
         log(f"the checkpoint predates {', '.join(predates)}: from the preset and flags given now")
@@ -445,7 +450,7 @@ def save_history(rows, out, resumed_at=()):
 class Command:
     """The user's own make train (preset, data, weights folder and flags), so that the commands a
     message suggests change only what they must."""
-    DEFAULTS = {"PRESET": "seed", "DATA": "data/training_set.npz", "WEIGHTS": "weights"}  # the Makefile's
+    DEFAULTS = MAKE_DEFAULTS
 
     def __init__(self, preset=None, data_path=None, out=None, flags=()):
         self.variables = {"PRESET": preset, "DATA": data_path, "WEIGHTS": out}
@@ -606,7 +611,7 @@ def stopped(signum, out, command):
     if state is None:
         again = command.train(**({"OVERWRITE": 1} if (Path(out) / "weights.npz").is_file() else {}))
         return f"stopped by {how} before the first epoch's checkpoint, so nothing is kept: start again with {again}"
-    config = {RENAMED.get(key, key): value for key, value in state["config"].items()}
+    config = with_todays_names(state["config"])
     if state["phase"] == "finetune" and state["epoch"] == 0:
         kept = "phase 1 complete, phase 2 not begun"
     else:
