@@ -26,11 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-import train  # first: it imports TensorFlow without the CUDA plugins' noise
+import data
+data.quiet_tensorflow()  # before anything imports TensorFlow
 import keras
 import tensorflow as tf
-from augment import APPEARANCE, MIXES, corrupt_like_a_test_set, make_augment, make_dataset
+
+import train
+from augment import APPEARANCE, corrupt_like_a_test_set, make_augment
 from model import WEIGHTS_GLOB, Model, build_network, load_network, save_network
+from presets import ARCHITECTURE_KEYS, PRESETS
 
 ROOT = Path(__file__).resolve().parent
 
@@ -44,8 +48,8 @@ def zipped_size(folder, files):
 
 
 def zip_size(backbone):
-    config = {**train.PRESETS["seed"], "backbone": backbone}
-    architecture = {k: config[k] for k in train.ARCHITECTURE_KEYS}
+    config = {**PRESETS["seed"], "backbone": backbone}
+    architecture = {k: config[k] for k in ARCHITECTURE_KEYS}
     network = build_network(**architecture)
     print(f"{backbone}: {network.count_params():,} parameters")
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +86,8 @@ def speed(backbone, weights, n, repeats):
             network, _ = load_network(first)
             shutil.copy(first, tmp / "weights.npz")
         else:
-            config = {**train.PRESETS["seed"], "backbone": backbone}
-            architecture = {k: config[k] for k in train.ARCHITECTURE_KEYS}
+            config = {**PRESETS["seed"], "backbone": backbone}
+            architecture = {k: config[k] for k in ARCHITECTURE_KEYS}
             network = build_network(**architecture)
             save_network(network, architecture, tmp / "weights.npz")
         network.save(tmp / "weights.keras")
@@ -103,7 +107,7 @@ def speed(backbone, weights, n, repeats):
 def train_speed(preset, n, repeats, changes, training_images=11071):  # the shared data's training part after cleaning
     """Median training images per second of each phase of a preset (with changes to its
     architecture), on n noise images, and the projected time."""
-    config = {**train.PRESETS[preset], **changes}
+    config = {**PRESETS[preset], **changes}
     sizes = train.input_sizes(config)
     pixels = sizes[1] if sizes[0] == sizes[1] else f"{sizes[0]} then {sizes[1]}"
     name = f"{preset} ({config['backbone']} of width {config['width']} at {pixels} px)"
@@ -112,10 +116,11 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     labels = rng.integers(0, 8, n)
     minutes, steps = 0.0, n // config["batch_size"]
     for phase, epochs in enumerate((config["phase1_epochs"], config["phase2_epochs"])):
+        # train.py's own network, optimizer, learning rate and pipeline, on noise
         network = train.create_network({**config, "input_size": sizes[phase], "backbone_weights": "none"})
-        train.compile_network(network, 1e-4, config, train.class_weights(labels))
-        augment = make_augment(config, 0, config["corrupt_p"][phase], appearance=phase == 1)
-        dataset = make_dataset(images, labels, config["batch_size"], augment, mix=MIXES[config["mix"]]).repeat()
+        learning_rate = train.plan({**config, "backbone_weights": "none"}, steps)[f"phase{phase + 1}_rate"]
+        train.compile_network(network, learning_rate, config, train.class_weights(labels))
+        dataset = train.training_set(config, images, labels, config["batch_size"], 0, phase).repeat()
         # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation
         # runs ahead of the training step, on the cycles the step leaves idle; the first epoch traces
         ends = []
@@ -133,7 +138,7 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
 def augment_speed(preset, repeats):
     """Median milliseconds per image of RandAugment alone, of phase 2's corruptions alone and of each
     appearance lever on every image, on a batch of noise."""
-    config = train.PRESETS[preset]
+    config = PRESETS[preset]
     n = config["batch_size"]
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (n, 96, 96, 3)), tf.float32)
     steps = {"RandAugment": make_augment(config, 0, 0.0),
@@ -158,7 +163,7 @@ if __name__ == "__main__":
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    network = args.backbone or train.PRESETS["seed"]["backbone"]
+    network = args.backbone or PRESETS["seed"]["backbone"]
     if args.what == "zip-size":
         zip_size(network)
     elif args.what == "speed":

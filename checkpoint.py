@@ -1,4 +1,5 @@
-"""Crash-safe training: every epoch checkpointed, so that a killed run resumes where it stopped."""
+"""Crash-safe training: every epoch checkpointed, so that a killed run resumes where it stopped, with
+its own config, seed and split; a stop by Ctrl-C or SIGTERM says what is kept and how to go on."""
 import json
 import shutil
 import signal
@@ -11,6 +12,7 @@ import numpy as np
 import keras
 
 import data
+from presets import make_config, with_todays_names
 
 
 def log(message):
@@ -211,3 +213,47 @@ def start_or_resume(checkpoint, out, resume, overwrite, command):
         sys.exit(f"{out} holds the weights of a finished run. Keep them and train into another folder: "
                  f"{command.train(WEIGHTS=other)} (--out {other}); or replace them: {command.train(OVERWRITE=1)} (--overwrite)")
     return state if resume else None
+
+
+def new_state(config, preset, seed, split):
+    """A fresh run's state: its config (of preset, by name), seed and split, at phase 1's start."""
+    return {"config": config, "preset": preset, "seed": seed, "split": split, "phase": "head", "epoch": 0, "history": [],
+            "callbacks": {}}
+
+
+def resumed(state, config):
+    """A resumed run's config and seed: the checkpoint's own, with today's key names; settings added
+    since come from config (the preset and flags given now). Marks where it resumed, for history.png."""
+    saved = with_todays_names(state["config"])
+    predates = [key for key in make_config(config) if key not in saved]
+    if predates:
+        log(f"the checkpoint predates {', '.join(predates)}: from the preset and flags given now")
+    state["config"] = make_config(config, saved=saved)
+    state.setdefault("resumed_at", []).append(len(state["history"]))  # epochs done before it
+    log(f"resuming from {phase_name(state['phase'])} epoch {state['epoch']}")
+    return state["config"], state["seed"]
+
+
+def check_same_data(state, checkpoint, images, labels, data_path, command):
+    """Stop, naming the file to resume with, unless the checkpoint's split was made from these images."""
+    if state["split"]["fingerprint"] != data.fingerprint(images, labels):
+        made_from = state["split"].get("data")
+        sys.exit(f"the checkpoint in {checkpoint.folder} was made from {made_from or 'other data'}, not {data_path}"
+                 + (f": resume with {command.train(RESUME=1, DATA=made_from)}" if made_from else ""))
+
+
+def stopped(signum, out, command):
+    """The line a run stopped by a signal ends with: what its checkpoint keeps, and the command that goes on."""
+    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    checkpoint = Checkpoint(Path(out) / "checkpoint")
+    state = checkpoint.load()
+    if state is None:
+        again = command.train(**({"OVERWRITE": 1} if (Path(out) / "weights.npz").is_file() else {}))
+        return f"stopped by {how} before the first epoch's checkpoint, so nothing is kept: start again with {again}"
+    config = with_todays_names(state["config"])
+    if state["phase"] == "finetune" and state["epoch"] == 0:
+        kept = "phase 1 complete, phase 2 not begun"
+    else:
+        epochs = config["phase1_epochs" if state["phase"] == "head" else "phase2_epochs"]
+        kept = f"{phase_name(state['phase'])}, epoch {state['epoch']} of {epochs}"
+    return f"stopped by {how}: {checkpoint.folder} keeps {kept}; continue with {command.train(RESUME=1)}"

@@ -1,7 +1,8 @@
-"""The challenge's training file: load it with clear errors, and split it reproducibly.
+"""The challenge's training file: load it with clear errors, split it reproducibly, and keep the split.
 
-Every tool imports it first: it brings in TensorFlow (model.py holds the image size and the
-classes) without the lines TensorFlow prints on any machine that are errors in name only.
+Plain numpy: importing it starts nothing heavy. Every tool calls quiet_tensorflow() before anything
+imports TensorFlow, which then prints none of the lines it writes on any machine that are errors in
+name only. model.py, which ships alone, holds the image size and the classes.
 """
 import argparse
 import atexit
@@ -90,23 +91,43 @@ def started_as_one_of_our_programs():
     return program is not None and Path(program).resolve().parent == Path(__file__).resolve().parent
 
 
-if started_as_one_of_our_programs():  # TensorFlow also writes such lines while it trains
-    sieve_stderr()
-    import tensorflow  # noqa: E402 F401
-else:
-    without_harmless_lines(lambda: __import__("tensorflow"))
-from model import IMAGE_SIZE, NUM_CLASSES, write_atomically  # noqa: E402 F401 (the tools take it from here)
+def quiet_tensorflow():
+    """Import TensorFlow without the HARMLESS lines; in our programs, keep them out of what it writes
+    later too (in training). Entry points call it before anything imports TensorFlow."""
+    if "tensorflow" in sys.modules:
+        return
+    if started_as_one_of_our_programs():
+        sieve_stderr()
+        import tensorflow  # noqa: F401
+    else:  # tests and python -c: only the import's lines, fd 2 stays as the caller set it
+        without_harmless_lines(lambda: __import__("tensorflow"))
+
+
+def write_atomically(path, write):
+    """model.write_atomically: model.py ships alone, so the one copy lives there."""
+    from model import write_atomically
+    write_atomically(path, write)
+
 
 HOW_TO_GET_IT = (
     "Put the challenge's training_set.npz (from its Codabench page) at data/training_set.npz or pass "
     "DATA=path (--data path), or build it from the shared PBC images with `make data` "
     "(DATA=path to build it there; it runs ../shared/data/build_training_set.py with the project's .venv)"
 )
-EXPECTED = f"'images' uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) RGB in [0, 255] and 'labels' (N, 1) or (N,) in 0..{NUM_CLASSES - 1}"
+
+
+def expected():
+    """The layout of a training file, in words."""
+    from model import IMAGE_SIZE, NUM_CLASSES
+    return f"'images' uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) RGB in [0, 255] and 'labels' (N, 1) or (N,) in 0..{NUM_CLASSES - 1}"
 
 
 class DataError(ValueError):
     """The training file is missing or not laid out like the challenge's training_set.npz."""
+
+
+class SplitError(DataError):
+    """A run's split.json is missing, unreadable, or made from other data."""
 
 
 def load_training_set(path):
@@ -123,12 +144,12 @@ def load_training_set(path):
                                 "default DATA; then leave DATA= out")
             if missing:
                 raise DataError(f"{path} has arrays {sorted(npz.files)} but lacks {sorted(missing)}; expected "
-                                f"{EXPECTED}. {HOW_TO_GET_IT}")
+                                f"{expected()}. {HOW_TO_GET_IT}")
             images, labels = npz["images"], npz["labels"]
     except DataError:
         raise
     except Exception as e:  # not a zip, truncated, pickled objects...
-        raise DataError(f"{path} is not a readable .npz file ({e}); expected {EXPECTED}") from e
+        raise DataError(f"{path} is not a readable .npz file ({e}); expected {expected()}") from e
     return validate(images, labels, where=str(path))
 
 
@@ -146,12 +167,13 @@ def validate(images, labels, where="the data"):
     Images of other number types are converted the way model.predict converts them (floats in
     [0, 1] scaled to [0, 255]), with a note; NaN and infinities are refused.
     """
+    from model import IMAGE_SIZE, NUM_CLASSES, as_images  # model.predict's rules: training and scorer see the same
     if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise DataError(f"{where}: 'images' has shape {images.shape}; expected {EXPECTED}")
+        raise DataError(f"{where}: 'images' has shape {images.shape}; expected {expected()}")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
-        raise DataError(f"{where}: 'labels' has shape {labels.shape}; expected {EXPECTED}")
+        raise DataError(f"{where}: 'labels' has shape {labels.shape}; expected {expected()}")
     if len(labels) != len(images):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; both must have one entry per image")
     if len(images) == 0:
@@ -168,7 +190,6 @@ def validate(images, labels, where="the data"):
             raise DataError(f"{where}: 'images' has dtype {images.dtype}; expected uint8")
         if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
             raise DataError(f"{where}: 'images' holds NaN or infinite values; expected uint8 pixels in [0, 255]")
-        from model import as_images  # model.predict's rule: training, evaluation and the scorer see the same pixels
         low, high = images.min(), images.max()
         x = as_images(images)
         print(f"note: {where}: 'images' are {images.dtype} in [{low:g}, {high:g}], not uint8; converted as model.predict "
@@ -209,3 +230,80 @@ def stratified_split(indices, labels, fraction, seed):
     indices = np.asarray(indices)
     rest, held = train_test_split(indices, test_size=fraction, stratify=labels[indices], random_state=seed)
     return np.sort(rest), np.sort(held)
+
+
+# ---------------------------------------------------------------------------------------------
+# The split: which images train, which validate, and which are held out for evaluate.py and the
+# submission's check. train.py makes it, writes it into split.json beside the weights; every reader
+# goes through load_split.
+
+def split_data(images, labels, config, seed, keep_outliers=False):
+    """Return train, validation and held-out indices into the file, and what cleaning removed."""
+    from outliers import find_outliers
+    indices = np.arange(len(labels))
+    if config["max_images"] and config["max_images"] < len(labels):
+        _, indices = stratified_split(indices, labels, config["max_images"], seed)
+    removed = {"outliers": [], "duplicates": [], "counts": {}}
+    if not keep_outliers:
+        found = find_outliers(images[indices], labels[indices])
+        removed = {key: [int(indices[i]) for i in found[key]] for key in ("outliers", "duplicates")}
+        removed["counts"] = found["counts"]
+        indices = np.setdiff1d(indices, removed["outliers"] + removed["duplicates"])
+    rest, holdout = stratified_split(indices, labels, config["holdout"], seed)
+    train, validation = stratified_split(rest, labels, config["validation"], seed)
+    return train, validation, holdout, removed
+
+
+def make_split(images, labels, data_path, config, seed, keep_outliers=False):
+    """A new run's split, as split.json keeps it: the indices, what cleaning removed, and the data it
+    was made from (path and fingerprint)."""
+    train, validation, holdout, removed = split_data(images, labels, config, seed, keep_outliers)
+    return {"fingerprint": fingerprint(images, labels), "data": str(data_path), "split_seed": seed,
+            "holdout": holdout.tolist(), "validation": validation.tolist(), "train": train.tolist(), "removed": removed}
+
+
+def save_split(folder, split, **about_the_run):
+    """folder/split.json: the split and what the run wants kept beside it (config, preset, precision...)."""
+    write_json(Path(folder) / "split.json", {**split, **about_the_run})
+
+
+def load_split(folder, images=None, labels=None, data_path=None):
+    """The split.json train.py wrote in folder, checked: readable, and, given the images and labels of
+    data_path, complete, made from them, its held-out indices distinct, in range and not trained on.
+    Raises SplitError saying why and what to do."""
+    path = Path(folder) / "split.json"
+    if not path.is_file():
+        raise SplitError(f"no split.json in {folder}: train.py writes it beside the weights (WEIGHTS= names the "
+                         "folder). Without it the held-out images are unknown, and scoring on training images "
+                         "would overstate accuracy")
+    try:
+        split = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SplitError(f"{path} is not readable JSON ({e})") from e
+    if not isinstance(split, dict):
+        raise SplitError(f"{path} holds no split; rerun train.py to write one")
+    if images is None:  # only what the run recorded is asked for (its config, precision...)
+        return split
+    if "fingerprint" not in split or "holdout" not in split:
+        raise SplitError(f"{path} lacks 'fingerprint' or 'holdout'; rerun train.py to write a complete split")
+    found = fingerprint(images, labels)
+    if split["fingerprint"] != found and "data" in split:
+        raise SplitError(f"{path} was made from {split['data']}, not {data_path}, which holds other images "
+                         f"(fingerprint {found}, not {split['fingerprint']}): use the file the network was trained "
+                         f"with, DATA={split['data']} (--data), or retrain on this one")
+    if split["fingerprint"] != found:  # a split.json of an older train.py, which did not record the file
+        raise SplitError(f"{path} was made for data with fingerprint {split['fingerprint']}, but {data_path} "
+                         f"has {found}: use the file the network was trained with (or retrain on this one)")
+    try:
+        held = np.asarray(split["holdout"], dtype=np.int64)
+        train = np.asarray(split.get("train", []), dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise SplitError(f"{path}: 'holdout' and 'train' must be lists of image indices ({e})") from e
+    if held.ndim != 1 or len(held) == 0:
+        raise SplitError(f"{path} has an empty held-out list; nothing to score")
+    if held.min() < 0 or held.max() >= len(labels) or len(np.unique(held)) != len(held):
+        raise SplitError(f"{path}: held-out indices must be distinct and within 0..{len(labels) - 1}")
+    leaked = np.intersect1d(held, train)
+    if len(leaked):
+        raise SplitError(f"{path}: {len(leaked)} held-out images are also in 'train'; the score would be meaningless")
+    return split

@@ -19,8 +19,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import hsv_to_rgb  # noqa: E402
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
-from data import DataError, load_or_exit, save_figure  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # model.py, for the class names, imports TensorFlow
+from data import DataError, load_or_exit, quiet_tensorflow, save_figure  # noqa: E402
+quiet_tensorflow()
 from model import CLASS_NAMES  # noqa: E402
 from outliers import find_outliers  # noqa: E402
 

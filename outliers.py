@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data import DataError, load_or_exit, quiet_tensorflow, write_atomically, write_json
+
 MASS_COPIES = 5        # a group this large was pasted: a real cell is photographed once (at most twice here)
 PHASH_CANDIDATE = 10   # phash bits apart: noise and JPEG re-encoding move a picture 0-4 bits, so 10 misses none
 NEAR_COPY_RMS = 4.0    # grey levels on 24x24 thumbnails: noise/JPEG copies measure < 3, distinct cells > 8
@@ -258,7 +260,6 @@ def refuse_most_of_a_class(reasons, labels):
     worst = np.argmax(dropped / sizes)
     why = [r for i, r in reasons.items() if labels[i] == classes[worst]]
     found = {r: why.count(r) for r in sorted(set(why), key=why.count, reverse=True)}
-    from data import DataError  # a bad file's error, which every command reports plainly
     raise DataError(
         f"the data looks wrong: cleaning would drop more than half of {over.sum()} of the {len(classes)} classes, "
         f"{dropped[worst]} of the {sizes[worst]} images of class {classes[worst]} "
@@ -341,8 +342,8 @@ def main():
     parser.add_argument("--data", default="data/training_set.npz", help="challenge-style .npz file")
     parser.add_argument("--out", default="reports", help="folder for outliers.json and outliers.png")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # data.py imports model.py, which imports TensorFlow
-    from data import DataError, load_or_exit, write_atomically, write_json
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # model.py, for the class names, imports TensorFlow
+    quiet_tensorflow()
     from model import CLASS_NAMES
     images, labels = load_or_exit(args.data)
 

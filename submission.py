@@ -22,15 +22,15 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the report
 import data
+data.quiet_tensorflow()  # before model brings TensorFlow in
 from model import IMAGE_SIZE, NUM_CLASSES, WEIGHTS_GLOB
+from presets import make_command
 
 ROOT = Path(__file__).resolve().parent
 # What a bundle must show before it is called ready to upload, here for both train.py and this file
 CHANCE = 1 / NUM_CLASSES  # a uniform guess's accuracy
 WORTH_UPLOADING = 3 * CHANCE  # below it a network has learnt next to nothing; the cpu preset scores 0.98
 SMOKE_PRESETS = ("tiny",)  # presets that test the code in minutes, not make a classifier
-MAKE_DEFAULTS = {"PRESET": "seed", "DATA": "data/training_set.npz", "WEIGHTS": "weights",
-                 "SUBMISSION": "submission/submission.zip"}  # the Makefile's
 
 # What the scorer does, run in the unpacked folder by a fresh interpreter (python -I: no
 # PYTHONPATH, no user site-packages, not even this project on the path).
@@ -59,18 +59,15 @@ class BundleError(Exception):
 def check_images(data_path, weights_dir, n):
     """Up to n held-out images and labels when the data and split are at hand, else noise images
     (and a note saying why: a check on noise proves the bundle loads, not that it is accurate)."""
-    split_path = Path(weights_dir) / "split.json"
     if not Path(data_path).is_file():
         why = f"no training file at {data_path} (DATA=path names it)"
-    elif not split_path.is_file():
-        why = f"no {split_path} (WEIGHTS= names the folder train.py wrote)"
     else:
         images, labels = data.load_training_set(data_path)
-        split = json.loads(split_path.read_text())
-        if split["fingerprint"] == data.fingerprint(images, labels):
-            held = np.array(split["holdout"][:n], dtype=np.int64)
+        try:
+            held = np.array(data.load_split(weights_dir, images, labels, data_path)["holdout"][:n], dtype=np.int64)
             return images[held], labels[held]
-        why = f"{split_path} was made from {split.get('data', 'other data')}, not {data_path} (DATA=path names it)"
+        except data.SplitError as e:
+            why = str(e)
     print(f"note: {why}; checking on noise images only, so no held-out accuracy")
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(min(n, 16), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8), None
@@ -143,8 +140,8 @@ def build_bundle(weights_dirs, out, images, labels=None):
 def run_record(folder):
     """The split.json train.py wrote in folder (the run's config, precision, ...), or {} without one."""
     try:
-        return json.loads((Path(folder) / "split.json").read_text())
-    except (OSError, ValueError):
+        return data.load_split(folder)
+    except data.SplitError:
         return {}
 
 
@@ -174,13 +171,6 @@ def warning(reason, on_a_cpu, with_a_gpu):
     """The last words on a bundle not worth uploading: why, and the make train commands to run instead."""
     return (f"warning: not worth uploading: {reason}. Train a network that learns instead: {on_a_cpu} (on a CPU) "
             f"or {with_a_gpu} (with a GPU), then make submission")
-
-
-def make_command(target, **variables):
-    """make target with the variables that differ from the Makefile's defaults."""
-    words = [f'{k}="{v}"' if " " in str(v) else f"{k}={v}"
-             for k, v in variables.items() if v is not None and str(v) != MAKE_DEFAULTS.get(k)]
-    return " ".join(["make", target, *words])
 
 
 def last_words(report, weights, data_path, zip_path, records=None):

@@ -11,14 +11,12 @@ both phases train the whole network on one learning-rate curve; phase 2 adds the
 of `corrupt_p`, where the preset has any. `phase1_input_size` (progressive resizing) lets phase 1
 see smaller images for cheaper epochs; the bundle is always phase 2's network.
 Outputs in --out (default weights/): weights.npz, split.json (the held-out images, for
-evaluation), history.csv and history.png.
+evaluation), history.csv and history.png. The presets and flags: presets.py.
 """
-import argparse
 import csv
 import io
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,74 +24,127 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the log
-import data  # first: it imports TensorFlow without the CUDA plugins' noise
+import data
+data.quiet_tensorflow()  # before anything imports TensorFlow
 import tensorflow as tf
 import keras
 
 from augment import MIXES, clean_share_at, follow_clean_share, make_augment, make_dataset
-from checkpoint import Checkpoint, Stopped, log, phase_name, run_phase, start_or_resume, stopping_cleanly
-from outliers import find_outliers
+from checkpoint import (Checkpoint, Stopped, check_same_data, log, new_state, phase_name, resumed, run_phase,
+                        start_or_resume, stopped, stopping_cleanly)
 from model import BACKBONES, NUM_CLASSES, build_network, load_network, save_network
-from submission import MAKE_DEFAULTS, not_worth_uploading, run_record, warning
+from presets import ABOUT, ARCHITECTURE_KEYS, PRESETS, Command, make_config, parse_args
+from submission import not_worth_uploading, run_record, warning
 
-# Configuration as plain data: the seed recipe, and presets that say what they change from it.
-BASE = dict(
-    backbone="EfficientNetV2L", width=1.0, backbone_weights="imagenet", input_size=96, phase1_input_size=None, dropout=0.3,
-    colour_constancy=False, ibn=False, antialias=False,
-    max_images=None, holdout=0.1, validation=0.1,
-    batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0, mix="none",
-    colour_p=0.0, randconv_p=0.0, apr_p=0.0,
-    focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0,
-    phase1_epochs=20, learning_rate=1e-4, phase2_epochs=30, patience=5,
-)
-# a pretrained backbone's fine-tuning, which random weights skip: phase 1's rate cut on plateaus, then
-# phase 2 on the top `unfreeze` layers at its own rate, restarted every restart_epochs (None: one decay)
-FINE_TUNING = dict(plateau_patience=2, phase2_learning_rate=1e-5, restart_epochs=5, unfreeze=150)
-PRESETS = {
-    "seed": {**BASE, **FINE_TUNING},
-    "tiny": {**BASE, "backbone": "MobileNetV3Small", "backbone_weights": "none", "input_size": 64, "dropout": 0.2,
-             "max_images": 400, "batch_size": 16, "phase1_epochs": 8, "learning_rate": 2e-3, "phase2_epochs": 8},
-    # A CPU's hour is bound by memory speed: a small dense ResNet-10 (model.py) given many epochs gained more
-    # than larger networks. It underfits, so what lets it fit more gained: cross-entropy, a high peak rate.
-    # Phase 1 learns the cells at 64 px on RandAugment alone (a random network does not start learning
-    # under the corruptions); phase 2 adds them at 96 px. No early stopping: the one learning-rate curve must
-    # reach its end, and while the rate is high validation is too noisy to judge (a phase cut at its 24th
-    # epoch of 72 lost 2 to 6 points). The runs behind it: experiments/2026-11-26-cpu-preset.md
-    "cpu": {**BASE, "backbone": "ResNet10", "backbone_weights": "none", "phase1_input_size": 64, "dropout": 0.2,
-            "batch_size": 64, "augment_ops": 2, "augment_magnitude": 0.3, "corrupt_p": (0.0, 0.2),
-            "focal_gamma": 0.0, "label_smoothing": 0.1, "weight_decay": 0.05,
-            "phase1_epochs": 36, "learning_rate": 3e-3, "phase2_epochs": 72, "patience": 0},
-}
-ABOUT = {  # what each preset is for, one line each in --help
-    "seed": "the full recipe: EfficientNetV2L fine-tuned from ImageNet; needs a GPU and a 470 MB download",
-    "tiny": "a smoke run of about two minutes on 2 CPU cores, for tests: MobileNetV3Small on 400 images",
-    "cpu": "a CPU without internet: our ResNet10 from random weights, about 45 minutes on 2 cores",
-}
-RENAMED = {"epochs_head": "phase1_epochs", "epochs_finetune": "phase2_epochs", "lr_head": "learning_rate",
-           "lr_finetune": "phase2_learning_rate", "head_input_size": "phase1_input_size"}  # old name: new, in old checkpoints
-ARCHITECTURE_KEYS = ("backbone", "width", "input_size", "dropout", "colour_constancy", "ibn", "antialias")  # what model.py rebuilds from
 LARGE = 20_000_000  # parameters: a network this large wants a GPU
 
 
-# ---------------------------------------------------------------------------------------------
-# data: clean, then split off the held-out images that training never sees
+def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, resume=False, overwrite=False,
+          split_seed=0, command=None):
+    """The whole recipe, from the data file to out/weights.npz. Returns the history rows.
 
-def split_data(images, labels, config, seed, keep_outliers=False):
-    """Return train, validation and held-out indices into the file, and what cleaning removed."""
-    indices = np.arange(len(labels))
-    if config["max_images"] and config["max_images"] < len(labels):
-        _, indices = data.stratified_split(indices, labels, config["max_images"], seed)
-    removed = {"outliers": [], "duplicates": [], "counts": {}}
-    if not keep_outliers:
-        found = find_outliers(images[indices], labels[indices])
-        removed = {key: [int(indices[i]) for i in found[key]] for key in ("outliers", "duplicates")}
-        removed["counts"] = found["counts"]
-        indices = np.setdiff1d(indices, removed["outliers"] + removed["duplicates"])
-        log(f"removed {len(removed['outliers'])} outliers and {len(removed['duplicates'])} duplicates "
-            f"{removed['counts'] or ''}")
-    rest, holdout = data.stratified_split(indices, labels, config["holdout"], seed)
-    train, validation = data.stratified_split(rest, labels, config["validation"], seed)
-    return train, validation, holdout, removed
+    seed fixes the initial weights and the augmentation, split_seed which images are held out: runs
+    of several seeds on one split_seed make an ensemble that evaluate.py can score honestly.
+
+    Every epoch is checkpointed in out/checkpoint; resume=True continues a killed run from its
+    last complete epoch, in its phase, with its split and config. Whatever can fail (the folder,
+    the backbone's weights) fails before the data's cleaning; command (the user's make train) words the fixes.
+    """
+    out, command = Path(out), command or Command(out=out)
+    # 1. start afresh, or resume a killed run with its own config, seed and split
+    checkpoint = Checkpoint(out / "checkpoint")
+    state = start_or_resume(checkpoint, out, resume, overwrite, command)
+    config, seed = resumed(state, config) if state else (make_config(config), seed)
+    keras.utils.set_random_seed(seed + len(state["history"]) if state else seed)  # a resumed run draws new augmentations
+    strategy = strategy or choose_strategy()
+    sizes = input_sizes(config)
+    def network_at(size):
+        with strategy.scope():
+            return create_network({**config, "input_size": size}, command)
+    phase = state["phase"] if state else "head"
+    network = network_at(sizes[phase == "finetune"])  # downloads the backbone's weights, or stops, before the cleaning
+    advice = gpu_advice(network)
+    if advice:
+        log(advice)
+
+    # 2. the data and its split: the checkpoint's, or made now (cleaned, then the held-out images set aside)
+    images, labels = data.load_training_set(data_path)
+    if state:
+        check_same_data(state, checkpoint, images, labels, data_path, command)
+    else:
+        checkpoint.remove()  # an interrupted run that --overwrite discards
+        split = data.make_split(images, labels, data_path, config, split_seed, keep_outliers)
+        removed = split["removed"]
+        if not keep_outliers:
+            log(f"removed {len(removed['outliers'])} outliers and {len(removed['duplicates'])} duplicates "
+                f"{removed['counts'] or ''}")
+        state = new_state(config, command.variables["PRESET"], seed, split)
+    checkpoint.state = state
+    train_idx, val_idx = (np.array(state["split"][k], dtype=np.int64) for k in ("train", "validation"))
+    log(f"{len(train_idx)} training, {len(val_idx)} validation and {len(state['split']['holdout'])} held-out images")
+    batch_size = config["batch_size"] * strategy.num_replicas_in_sync
+    steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
+    sets, clean_share = pipelines(config, images, labels, train_idx, val_idx, batch_size, seed)
+    weights = class_weights(labels[train_idx], config["balance_classes"])
+    how = plan(config, steps_per_epoch)
+    clock = [EpochClock(steps_per_epoch)] if advice else []
+
+    # 3. phase 1, then 4. phase 2 (on a network rebuilt at its own size, from the checkpoint)
+    if phase == "head":
+        phase1(network, config, how, checkpoint, sets, weights, strategy, clock)
+        if sizes[0] != sizes[1]:
+            network = network_at(sizes[1])
+    phase2(network, config, how, checkpoint, sets, weights, strategy, [follow_clean_share(config, clean_share), *clock])
+
+    # 5. the finished run: weights, split and history renamed into place, then the checkpoint goes
+    precision = save_weights(network, config, out / "weights.npz", images[val_idx], labels[val_idx])
+    data.save_split(out, state["split"], config=config, preset=state.get("preset"),
+                    trained_epochs=len(state["history"]), precision=precision)
+    save_history(state["history"], out, state.get("resumed_at", ()))
+    checkpoint.remove(then_stop=False)  # the run is complete: a Ctrl-C now changes nothing
+    return state["history"]
+
+
+def phase1(network, config, how, checkpoint, sets, weights, strategy, follow):
+    """Phase 1 from the checkpoint's epoch on; it ends with phase 2's starting point checkpointed."""
+    with strategy.scope():
+        if how["pretrained"]:
+            backbone_of(network).trainable = False
+        compile_network(network, how["phase1_rate"], config, weights)
+        if checkpoint.state["epoch"] > 0:
+            checkpoint.restore(network)  # in the scope: AdamW's variables are built here
+    run_phase(network, config["phase1_epochs"], sets["phase 1"], sets["validation"], checkpoint, config, how["plateau"],
+              follow=follow)
+    checkpoint.state.update(phase="finetune", epoch=0, callbacks={}, stopped=False)
+    checkpoint.watched = {}
+    checkpoint.save(network, with_optimizer=not how["pretrained"])  # a new AdamW for a pretrained backbone's phase 2
+
+
+def phase2(network, config, how, checkpoint, sets, weights, strategy, follow):
+    """Phase 2 from the checkpoint's epoch on, on the checkpoint's weights."""
+    with strategy.scope():
+        if how["pretrained"]:
+            unfreeze_top(network, config["unfreeze"])
+        compile_network(network, how["phase2_rate"], config, weights)
+        checkpoint.restore(network)  # from scratch, AdamW's state too: its step count carries the curve on
+    run_phase(network, config["phase2_epochs"], sets["phase 2"], sets["validation"], checkpoint, config, follow=follow)
+
+
+def pipelines(config, images, labels, train_idx, val_idx, batch_size, seed):
+    """Each phase's training pipeline (corrupt_p holds each phase's share of corrupted images), the
+    validation pipeline, and the tf.Variable of phase 2's clean share (phase 1 keeps its first)."""
+    clean_share = tf.Variable(clean_share_at(config, 0), trainable=False)
+    sets = {f"phase {phase + 1}": training_set(config, images[train_idx], labels[train_idx], batch_size, seed, phase,
+                                               clean_share) for phase in (0, 1)}
+    # Both are traced now: TensorFlow reads a function's source from its file when it first traces
+    # it, and phase 2's corruptions, traced later, would read lines an edit had moved.
+    return {**sets, "validation": make_dataset(images[val_idx], labels[val_idx], batch_size)}, clean_share
+
+
+def training_set(config, images, labels, batch_size, seed, phase, clean_share=None):
+    """Phase 1's (phase 0) or phase 2's training pipeline: the augmentation, then the batches' mixing."""
+    augment = make_augment(config, seed, config["corrupt_p"][phase], clean_share, appearance=phase == 1)
+    return make_dataset(images, labels, batch_size, augment, seed, MIXES[config.get("mix", "none")])
 
 
 def class_weights(labels, balanced=True):
@@ -106,7 +157,7 @@ def class_weights(labels, balanced=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# network and training phases
+# the network and its optimizer
 
 def choose_strategy():
     """Several GPUs: MirroredStrategy; one device: the default strategy. Mixed precision on GPUs."""
@@ -241,131 +292,20 @@ def from_scratch_schedule(config, steps_per_epoch):
     return warm_cosine(config["learning_rate"], config["phase1_epochs"] + config["phase2_epochs"], steps_per_epoch)
 
 
+def plan(config, steps_per_epoch):
+    """What a pretrained backbone and a random start do differently, decided here once. Pretrained:
+    phase 1 trains the head on the frozen backbone at learning_rate, cut on plateaus; phase 2 its top
+    `unfreeze` layers with a new AdamW. Random: nothing to protect, so the whole network trains from
+    the first step on one AdamW and one learning-rate curve; phase 2 only adds the corruptions."""
+    if config["backbone_weights"] == "none":
+        curve = from_scratch_schedule(config, steps_per_epoch)
+        return dict(pretrained=False, phase1_rate=curve, phase2_rate=curve, plateau=None)
+    return dict(pretrained=True, phase1_rate=config["learning_rate"], phase2_rate=finetune_schedule(config, steps_per_epoch),
+                plateau=keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=config["plateau_patience"]))
+
+
 # ---------------------------------------------------------------------------------------------
-# the recipe
-
-def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, resume=False, overwrite=False,
-          split_seed=0, command=None):
-    """The whole recipe, from the data file to out/weights.npz. Returns the history rows.
-
-    seed fixes the initial weights and the augmentation, split_seed which images are held out: runs
-    of several seeds on one split_seed make an ensemble that evaluate.py can score honestly.
-
-    Every epoch is checkpointed in out/checkpoint; resume=True continues a killed run from its
-    last complete epoch, in its phase, with its split and config. Whatever can fail (the folder,
-    the backbone's weights) fails before the data's cleaning; command (the user's make train) words the fixes.
-    """
-    out, command = Path(out), command or Command(out=out)
-    checkpoint = Checkpoint(out / "checkpoint")
-    state = start_or_resume(checkpoint, out, resume, overwrite, command)
-    if state:
-        config, seed = resumed_config(state, config), state["seed"]
-        state.setdefault("resumed_at", []).append(len(state["history"]))  # epochs done before: history.png marks it
-    pretrained = config["backbone_weights"] != "none"
-    config = {**FINE_TUNING, **config} if pretrained else config  # a preset from random weights made pretrained
-    phase = state["phase"] if state else "head"
-    keras.utils.set_random_seed(seed + len(state["history"]) if state else seed)  # a resumed run draws new augmentations
-    strategy = strategy or choose_strategy()
-    phase1_size, phase2_size = input_sizes(config)
-    def network_for(phase):
-        with strategy.scope():
-            return create_network({**config, "input_size": phase1_size if phase == "head" else phase2_size}, command)
-    network = network_for(phase)  # downloads the backbone's weights, or stops, before the data's cleaning
-    advice = gpu_advice(network)
-    if advice:
-        log(advice)
-
-    images, labels = data.load_training_set(data_path)
-    if state and state["split"]["fingerprint"] != data.fingerprint(images, labels):
-        made_from = state["split"].get("data")
-        sys.exit(f"the checkpoint in {checkpoint.folder} was made from {made_from or 'other data'}, not {data_path}"
-                 + (f": resume with {command.train(RESUME=1, DATA=made_from)}" if made_from else ""))
-    if state is None:
-        checkpoint.remove()  # an interrupted run that --overwrite discards
-        state = new_run(images, labels, config, seed, split_seed, keep_outliers, data_path, command.variables["PRESET"])
-    checkpoint.state = state
-    train_idx, val_idx = (np.array(state["split"][k], dtype=np.int64) for k in ("train", "validation"))
-    log(f"{len(train_idx)} training, {len(val_idx)} validation and {len(state['split']['holdout'])} held-out images")
-
-    batch_size = config["batch_size"] * strategy.num_replicas_in_sync
-    steps_per_epoch = int(np.ceil(len(train_idx) / batch_size))
-    train_sets, val_ds, clean_share = pipelines(config, images, labels, train_idx, val_idx, batch_size, seed)
-    weights = class_weights(labels[train_idx], config["balance_classes"])
-    clock = [EpochClock(steps_per_epoch)] if advice else []
-    # a pretrained backbone: phase 1 trains the head on it, frozen, at learning_rate cut on plateaus, and
-    # phase 2 its top layers with a new AdamW. A random one has nothing to protect and trains whole
-    # from the first step, on one AdamW and one learning-rate curve: phase 2 only adds the corruptions
-    schedule = finetune_schedule(config, steps_per_epoch) if pretrained else from_scratch_schedule(config, steps_per_epoch)
-
-    if phase == "head":
-        with strategy.scope():
-            if pretrained:
-                backbone_of(network).trainable = False
-            compile_network(network, config["learning_rate"] if pretrained else schedule, config, weights)
-            if state["epoch"] > 0:
-                checkpoint.restore(network)  # in the scope: AdamW's variables are built here
-        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
-                                                    patience=config["plateau_patience"]) if pretrained else None
-        run_phase(network, config["phase1_epochs"], train_sets[0], val_ds, checkpoint, config, plateau, follow=clock)
-        state.update(phase="finetune", epoch=0, callbacks={}, stopped=False)
-        checkpoint.watched = {}
-        checkpoint.save(network, with_optimizer=not pretrained)  # phase 2 starts from here
-        if phase1_size != phase2_size:
-            network = network_for("finetune")  # its weights come from the checkpoint just saved
-    with strategy.scope():
-        if pretrained:
-            unfreeze_top(network, config["unfreeze"])
-        compile_network(network, schedule, config, weights)
-        checkpoint.restore(network)  # from scratch, AdamW's state too: its step count carries the curve on
-    run_phase(network, config["phase2_epochs"], train_sets[1], val_ds, checkpoint, config,
-              follow=[follow_clean_share(config, clean_share), *clock])
-
-    # the finished run: weights, split and history renamed into place, then the checkpoint goes
-    precision = save_weights(network, config, out / "weights.npz", images[val_idx], labels[val_idx])
-    data.write_json(out / "split.json", {**state["split"], "config": config, "preset": state.get("preset"),
-                                         "trained_epochs": len(state["history"]), "precision": precision})
-    save_history(state["history"], out, state.get("resumed_at", ()))
-    checkpoint.remove(then_stop=False)  # the run is complete: a Ctrl-C now changes nothing
-    return state["history"]
-
-
-def pipelines(config, images, labels, train_idx, val_idx, batch_size, seed):
-    """Both phases' training pipelines (corrupt_p holds each phase's share of corrupted images), the
-    validation pipeline, and the tf.Variable of phase 2's clean share (phase 1 keeps its first)."""
-    clean_share = tf.Variable(clean_share_at(config, 0), trainable=False)
-    def train_ds(phase):
-        augment = make_augment(config, seed, config["corrupt_p"][phase], clean_share, appearance=phase == 1)
-        return make_dataset(images[train_idx], labels[train_idx], batch_size, augment, seed, MIXES[config.get("mix", "none")])
-    # Both are traced now: TensorFlow reads a function's source from its file when it first traces
-    # it, and phase 2's corruptions, traced later, would read lines an edit had moved.
-    return [train_ds(0), train_ds(1)], make_dataset(images[val_idx], labels[val_idx], batch_size), clean_share
-
-
-def with_todays_names(config):
-    """A checkpoint's config with the keys older train.py named otherwise renamed (RENAMED)."""
-    return {RENAMED.get(key, key): value for key, value in config.items()}
-
-
-def resumed_config(state, config):
-    """The checkpoint's config, with today's key names; settings added since come from config (the preset given now)."""
-    saved = with_todays_names(state["config"])
-    predates = {key: value for key, value in config.items() if key not in saved}
-    if predates:
-        log(f"the checkpoint predates {', '.join(predates)}: from the preset and flags given now")
-    state["config"] = {**predates, **saved}
-    log(f"resuming from {phase_name(state['phase'])} epoch {state['epoch']}")
-    return state["config"]
-
-
-def new_run(images, labels, config, seed, split_seed, keep_outliers, data_path, preset=None):
-    """A fresh run's state: the config (of preset, by name), and the split made now."""
-    train_idx, val_idx, holdout_idx, removed = split_data(images, labels, config, split_seed, keep_outliers)
-    split = {"fingerprint": data.fingerprint(images, labels), "data": str(data_path), "split_seed": split_seed,
-             "holdout": holdout_idx.tolist(), "validation": val_idx.tolist(), "train": train_idx.tolist(),
-             "removed": removed}
-    return {"config": config, "preset": preset, "seed": seed, "split": split, "phase": "head", "epoch": 0, "history": [],
-            "callbacks": {}}
-
+# the outputs
 
 def save_weights(network, config, path, check_images, check_labels):
     """Store float16 weights when they get as many check images right as float32, within one image,
@@ -444,151 +384,6 @@ def save_history(rows, out, resumed_at=()):
     data.save_figure(fig, out / "history.png")
 
 
-# ---------------------------------------------------------------------------------------------
-# the command line: a flag for each preset key it may change, named after it
-
-class Command:
-    """The user's own make train (preset, data, weights folder and flags), so that the commands a
-    message suggests change only what they must."""
-    DEFAULTS = MAKE_DEFAULTS
-
-    def __init__(self, preset=None, data_path=None, out=None, flags=()):
-        self.variables = {"PRESET": preset, "DATA": data_path, "WEIGHTS": out}
-        self.flags = list(flags)
-
-    def make(self, target, flags=(), **variables):
-        words = ["make", target] + [f"{k}={v}" for k, v in variables.items() if v is not None and str(v) != self.DEFAULTS.get(k)]
-        return " ".join(words + ([f'ARGS="{" ".join(flags)}"'] if flags else []))
-
-    def train(self, keep_flags=True, flags=None, **variables):
-        """make train as the user ran it, with flags ({"--flag": "value"}) and variables set."""
-        kept = without(self.flags, flags or {}) if keep_flags else []
-        return self.make("train", kept + [f"{k} {v}" for k, v in (flags or {}).items()], **{**self.variables, **variables})
-
-    def then(self, target):
-        return self.make(target, WEIGHTS=self.variables["WEIGHTS"], DATA=self.variables["DATA"])
-
-
-def without(argv, names):
-    """argv without the flags in names and their values."""
-    kept, skipping = [], False
-    for word in argv:
-        if word.startswith("--"):
-            skipping = word.split("=")[0] in names
-        if not skipping:
-            kept.append(word)
-    return kept
-
-
-def checked(kind, ok, rule):
-    """An argparse type: kind(text), refused (naming the flag) unless ok(value)."""
-    def parse(text):
-        value = kind(text)  # a ValueError: argparse says "invalid int value" or "invalid float value"
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"{text}: {rule}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-COUNT = checked(int, lambda n: n >= 0, "0 or more")
-SHARE = checked(float, lambda x: 0 <= x <= 1, "a share of the images, from 0 to 1")
-PIXELS = checked(int, lambda n: n >= 32, "the backbones take at least 32 pixels (the images are 96)")
-FLAGS = {  # preset key: its flag's argparse settings; --phase1-epochs sets phase1_epochs, and so on
-    "backbone": dict(choices=BACKBONES, metavar="NAME", help="a keras.applications network, or our ResNet10: "
-                                                            + ", ".join(BACKBONES)),
-    "width": dict(type=checked(float, lambda x: x > 0, "a multiplier of the channels, above 0 (1.0: as published)"),
-                  help="the MobileNets' channel multiplier, Keras' alpha"),
-    "input_size": dict(type=PIXELS, help="pixels the network sees, resized from 96"),
-    "phase1_input_size": dict(type=PIXELS, help="pixels the network sees in phase 1 only, for cheaper epochs "
-                                                "(progressive resizing; None: --input-size)"),
-    "backbone_weights": dict(metavar="imagenet|none|FILE", help="imagenet (download), none (random start), or a "
-                                                                "local .h5 file of the backbone without its top"),
-    "phase1_epochs": dict(type=COUNT, help="phase 1's epochs (0 skips it): a pretrained backbone frozen under its "
-                                           "new head; random weights: the whole network, at --phase1-input-size"),
-    "phase2_epochs": dict(type=COUNT, help="phase 2's epochs (0 skips it): a pretrained backbone's top --unfreeze "
-                                           "layers trained too; random weights: the whole network, with the corruptions"),
-    "unfreeze": dict(type=COUNT, help="a pretrained backbone's layers trained in phase 2, counted from the top"),
-    "batch_size": dict(type=checked(int, lambda n: n >= 1, "1 or more"), help="images per step on each device"),
-    "learning_rate": dict(type=checked(float, lambda x: x > 0, "a learning rate, above 0"),
-                          help="phase 1's learning rate; from random weights, the peak of the one curve over both phases"),
-    "focal_gamma": dict(type=checked(float, lambda x: x >= 0, "0 or more (0: cross-entropy)"),
-                        help="the focal loss' gamma; 0 gives cross-entropy, weighted by class as the focal loss is"),
-    "balance_classes": dict(action=argparse.BooleanOptionalAction,
-                            help="weigh each class' images by its inverse frequency in the loss"),
-    "label_smoothing": dict(type=checked(float, lambda x: 0 <= x < 1, "from 0 (hard labels) to below 1"),
-                            help="share of each label's weight spread over the other classes"),
-    "weight_decay": dict(type=checked(float, lambda x: x >= 0, "0 (none) or more"),
-                         help="AdamW's decoupled weight decay of the kernels"),
-    "ema_momentum": dict(type=checked(float, lambda x: 0 <= x < 1, "from 0 (no average) to below 1"),
-                         help="validate and keep a moving average of the weights with this momentum (0.998: over "
-                              "about 500 steps); 0: none"),
-    "patience": dict(type=COUNT, help="epochs without a better validation loss before a phase stops early; 0: "
-                                      "never. The best epoch is kept either way"),
-    "mix": dict(choices=MIXES, help="mix each training batch's images and labels in pairs: MixUp or CutMix"),
-    "corrupt_p": dict(type=SHARE, help="phase 2: each corruption's share of the images"),
-    "colour_p": dict(type=SHARE, help="phase 2: each broad colour change's share of the images (hue turned anywhere, "
-                                      "channels shuffled or shifted by up to half the range, solarized, coloured cut-outs)"),
-    "randconv_p": dict(type=SHARE, help="phase 2: share of the images through a random convolution (RandConv)"),
-    "apr_p": dict(type=SHARE, help="phase 2: share of the images given another's Fourier amplitude (APR-P)"),
-    "colour_constancy": dict(action=argparse.BooleanOptionalAction,
-                             help="the network's first layer maps each image's colours to a reference frame"),
-    "ibn": dict(action=argparse.BooleanOptionalAction,
-                help="ResNet10: instance normalisation on half the channels of the stem and stages 1-2 (IBN-a)"),
-    "antialias": dict(action=argparse.BooleanOptionalAction,
-                      help="ResNet10: a fixed blur before the stride-4 stem (BlurPool's anti-aliasing)"),
-    "clean_share": dict(type=SHARE, nargs="+", metavar="SHARE",
-                        help="share of the images spared the corruptions; two values: phase 2's first and last "
-                             "epoch's, a straight line between"),
-}
-
-
-def preset_values(key):
-    """Each preset's value of a setting, for --help: "seed 20, tiny 8, cpu 36"."""
-    values = {name: preset[key] for name, preset in PRESETS.items() if key in preset}
-    if key == "corrupt_p":
-        values = {name: value[1] for name, value in values.items()}
-    if len(set(map(str, values.values()))) == 1:
-        return f"every preset: {next(iter(values.values()))}" if len(values) == len(PRESETS) else \
-            f"{', '.join(values)}: {next(iter(values.values()))}; pretrained backbones only"
-    return ", ".join(f"{name} {value}" for name, value in values.items())
-
-
-def parse_args(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    epilog = "presets:\n" + "\n".join(f"  {name:5} {about}" for name, about in ABOUT.items())
-    p = data.ArgumentParser(description=__doc__, epilog=epilog, allow_abbrev=False,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/training_set.npz", help="the challenge's training_set.npz (default: %(default)s)")
-    p.add_argument("--preset", default="seed", choices=PRESETS, help="the recipe; flags change single values of it "
-                                                                     "(default: %(default)s; listed below)")
-    for key, settings in FLAGS.items():
-        if "type" in settings:
-            settings = {"metavar": {"int": "N", "float": "X"}[settings["type"].__name__], **settings}
-        p.add_argument("--" + key.replace("_", "-"), dest=key, **{**settings, "help": f"{settings['help']} ({preset_values(key)})"})
-    for old, key in RENAMED.items():  # the names of older train.py, still taken
-        if key in FLAGS:
-            p.add_argument("--" + old.replace("_", "-"), dest=key, **{**FLAGS[key], "help": argparse.SUPPRESS})
-    p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the augmentation (default: %(default)s)")
-    p.add_argument("--split-seed", type=int, default=0, help="fixes the cleaning sample and the held-out images "
-                                                             "(default: %(default)s)")
-    p.add_argument("--out", default="weights", help="folder for weights.npz, split.json and the history (default: %(default)s)")
-    p.add_argument("--keep-outliers", action="store_true", help="train on every image, outliers included")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run checkpointed in --out (RESUME=1)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --out, finished or interrupted (OVERWRITE=1)")
-    args = p.parse_args(argv)
-    if args.clean_share is not None and len(args.clean_share) > 2:
-        p.error(f"--clean-share {' '.join(map(str, args.clean_share))}: one share, or two (phase 2's first and last epoch's)")
-    config = dict(PRESETS[args.preset])
-    config.update({key: getattr(args, key) for key in FLAGS if getattr(args, key) is not None})
-    if args.clean_share is not None:
-        config["clean_share"] = args.clean_share[0] if len(args.clean_share) == 1 else tuple(args.clean_share)
-    if args.corrupt_p is not None:
-        config["corrupt_p"] = (PRESETS[args.preset]["corrupt_p"][0], args.corrupt_p)
-    args.command = Command(args.preset, args.data, args.out, without(argv, {"--data", "--preset", "--out", "--resume", "--overwrite"}))
-    return args, config
-
-
 def last_words(rows, out, command):
     """What a finished run ends with: the commands that follow, and for a bundle not worth uploading,
     a warning that says why and what to train instead."""
@@ -603,27 +398,10 @@ def last_words(rows, out, command):
                     command.train(keep_flags=False, PRESET="seed", OVERWRITE=1))]
 
 
-def stopped(signum, out, command):
-    """The line a run stopped by a signal ends with: what its checkpoint keeps, and the command that goes on."""
-    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    checkpoint = Checkpoint(Path(out) / "checkpoint")
-    state = checkpoint.load()
-    if state is None:
-        again = command.train(**({"OVERWRITE": 1} if (Path(out) / "weights.npz").is_file() else {}))
-        return f"stopped by {how} before the first epoch's checkpoint, so nothing is kept: start again with {again}"
-    config = with_todays_names(state["config"])
-    if state["phase"] == "finetune" and state["epoch"] == 0:
-        kept = "phase 1 complete, phase 2 not begun"
-    else:
-        epochs = config["phase1_epochs" if state["phase"] == "head" else "phase2_epochs"]
-        kept = f"{phase_name(state['phase'])}, epoch {state['epoch']} of {epochs}"
-    return f"stopped by {how}: {checkpoint.folder} keeps {kept}; continue with {command.train(RESUME=1)}"
-
-
-if __name__ == "__main__":
-    args, config = parse_args()
+def main():
+    args, config = parse_args(description=__doc__)
     changed = {key: value for key, value in config.items() if value != PRESETS[args.preset].get(key)}
-    log(f"preset {args.preset}" + ("".join(f"\n  {key}: {value}" for key, value in changed.items()) if changed else ""))
+    log(f"preset {args.preset}" + "".join(f"\n  {key}: {value}" for key, value in changed.items()))
     try:
         with stopping_cleanly():
             rows = train(config, args.data, args.out, args.seed, args.keep_outliers, resume=args.resume,
@@ -635,3 +413,7 @@ if __name__ == "__main__":
         sys.exit(128 + stop.signum)  # as a shell reports a process its signal ended
     for line in last_words(rows, args.out, args.command):
         log(line)
+
+
+if __name__ == "__main__":
+    main()

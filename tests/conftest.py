@@ -8,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
+
+data.quiet_tensorflow()  # as our programs do: without the lines TensorFlow prints that are errors in name only
 SHARED_DATA = ROOT.parent / "shared" / "data" / "build_training_set.py"
 
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import augment
-import train
+import presets
 from conftest import learnable_images
 
 LEVERS = [augment.broad_colours, augment.random_convolution, augment.amplitude_swap]
@@ -54,11 +54,11 @@ def test_random_convolution_is_one_filter_a_batch_blended_with_the_image():
 
 
 def test_the_levers_join_phase_2_only_and_each_runs_on_its_own_share():
-    config = {**train.PRESETS["cpu"], "augment_ops": 0, "colour_p": 1.0}  # no RandAugment: only the lever moves pixels
+    config = {**presets.PRESETS["cpu"], "augment_ops": 0, "colour_p": 1.0}  # no RandAugment: only the lever moves pixels
     images = learnable_images(16, seed=6)[0].astype(np.float32)
     phase1 = augment.make_augment(config, seed=0, corrupt_p=0.0)
     phase2 = augment.make_augment(config, seed=0, corrupt_p=0.0, appearance=True)
     np.testing.assert_array_equal(phase1(tf.constant(images)).numpy(), images)
     assert (np.abs(phase2(tf.constant(images)).numpy() - images).mean(axis=(1, 2, 3)) > 1).all()
-    assert set(augment.APPEARANCE) <= set(train.BASE)  # each lever's share is a preset key, 0 in the recipe
-    assert all(train.BASE[key] == 0.0 for key in augment.APPEARANCE)
+    assert set(augment.APPEARANCE) <= set(presets.BASE)  # each lever's share is a preset key, 0 in the recipe
+    assert all(presets.BASE[key] == 0.0 for key in augment.APPEARANCE)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import corruptions  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import model  # noqa: E402
@@ -93,15 +94,15 @@ def test_scores_match_a_direct_prediction(evaluated):
 
 def test_corrupt_refuses_images_of_another_size_naming_the_shape():
     with pytest.raises(ValueError, match=r"\(n, 96, 96, 3\), got uint8 \(2, 64, 64, 3\)"):
-        evaluate.corrupt(np.zeros((2, 64, 64, 3), np.uint8), "vignetting", 1)
+        corruptions.corrupt(np.zeros((2, 64, 64, 3), np.uint8), "vignetting", 1)
 
 
-@pytest.mark.parametrize("severity", evaluate.SEVERITIES)
-@pytest.mark.parametrize("name", list(evaluate.CORRUPTIONS))
+@pytest.mark.parametrize("severity", corruptions.SEVERITIES)
+@pytest.mark.parametrize("name", list(corruptions.CORRUPTIONS))
 def test_each_corruption_changes_images_and_keeps_shape_and_dtype(name, severity):
     images = cell_images(4, seed=1)
     before = images.copy()
-    out = evaluate.corrupt(images, name, severity, seed=0)
+    out = corruptions.corrupt(images, name, severity, seed=0)
     assert out.shape == images.shape and out.dtype == np.uint8
     assert np.array_equal(images, before)  # the input is left alone
     changed = [not np.array_equal(a, b) for a, b in zip(out, images)]
@@ -109,54 +110,54 @@ def test_each_corruption_changes_images_and_keeps_shape_and_dtype(name, severity
 
 
 # flips and channel swaps are lossless: their severities are different ones, not stronger ones
-@pytest.mark.parametrize("name", [n for n in evaluate.CORRUPTIONS if n not in ("flip", "channel_swap")])
+@pytest.mark.parametrize("name", [n for n in corruptions.CORRUPTIONS if n not in ("flip", "channel_swap")])
 def test_stronger_severity_moves_images_further(name):
     images = cell_images(6, seed=2).astype(np.float32)
-    distance = [np.abs(evaluate.corrupt(images.astype(np.uint8), name, s, seed=0) - images).mean()
-                for s in evaluate.SEVERITIES]
+    distance = [np.abs(corruptions.corrupt(images.astype(np.uint8), name, s, seed=0) - images).mean()
+                for s in corruptions.SEVERITIES]
     assert distance[0] < distance[-1], f"{name}: mean change {distance}"
 
 
 def test_suite_is_deterministic_for_a_seed():
     images = cell_images(6, seed=3)
-    for name in evaluate.CORRUPTIONS:
-        for s in evaluate.SEVERITIES:
-            assert np.array_equal(evaluate.corrupt(images, name, s, seed=7), evaluate.corrupt(images, name, s, seed=7)), name
-    assert np.array_equal(evaluate.mixed(images, seed=7), evaluate.mixed(images, seed=7))
+    for name in corruptions.CORRUPTIONS:
+        for s in corruptions.SEVERITIES:
+            assert np.array_equal(corruptions.corrupt(images, name, s, seed=7), corruptions.corrupt(images, name, s, seed=7)), name
+    assert np.array_equal(corruptions.mixed(images, seed=7), corruptions.mixed(images, seed=7))
     # and the seed matters where there is randomness to seed
-    assert not np.array_equal(evaluate.corrupt(images, "gaussian_noise", 2, seed=7),
-                              evaluate.corrupt(images, "gaussian_noise", 2, seed=8))
-    assert not np.array_equal(evaluate.mixed(images, seed=7), evaluate.mixed(images, seed=8))
+    assert not np.array_equal(corruptions.corrupt(images, "gaussian_noise", 2, seed=7),
+                              corruptions.corrupt(images, "gaussian_noise", 2, seed=8))
+    assert not np.array_equal(corruptions.mixed(images, seed=7), corruptions.mixed(images, seed=8))
 
 
 def test_seen_and_unseen_families_split_the_suite():
-    assert set(evaluate.SEEN_NAMES) | set(evaluate.UNSEEN_NAMES) == set(evaluate.CORRUPTIONS)
-    assert not set(evaluate.SEEN_NAMES) & set(evaluate.UNSEEN_NAMES)
-    assert set(evaluate.MIXED_FROM) <= set(evaluate.CORRUPTIONS)
+    assert set(corruptions.SEEN_NAMES) | set(corruptions.UNSEEN_NAMES) == set(corruptions.CORRUPTIONS)
+    assert not set(corruptions.SEEN_NAMES) & set(corruptions.UNSEEN_NAMES)
+    assert set(corruptions.MIXED_FROM) <= set(corruptions.CORRUPTIONS)
 
 
 def test_the_headline_keeps_ten_or_more_families_and_the_old_thirteen_are_reported_beside_it():
-    assert len(evaluate.UNSEEN_NAMES) >= 10
-    assert set(evaluate.UNSEEN_BEFORE) <= set(evaluate.CORRUPTIONS)
-    assert {"hue_rotation", "channel_swap"} <= set(evaluate.SEEN_NAMES)  # --colour-p trains with them
+    assert len(corruptions.UNSEEN_NAMES) >= 10
+    assert set(corruptions.UNSEEN_BEFORE) <= set(corruptions.CORRUPTIONS)
+    assert {"hue_rotation", "channel_swap"} <= set(corruptions.SEEN_NAMES)  # --colour-p trains with them
 
     class Darkness:  # a stand-in network: dark images are class 0, the rest class 1
         def predict(self, x):
             return (np.asarray(x).mean(axis=(1, 2, 3)) > 150).astype(int)
     images, labels = cell_images(8, seed=9), np.ones(8, int)
-    names = list(evaluate.UNSEEN_BEFORE) + ["zoom_blur"]
+    names = list(corruptions.UNSEEN_BEFORE) + ["zoom_blur"]
     r = evaluate.robustness(Darkness(), images, labels, labels, seed=0, severities=(1, 3), names=names)
-    assert r["unseen_before_mean"] == pytest.approx(np.mean([r["corruptions"][n]["mean"] for n in evaluate.UNSEEN_BEFORE]))
+    assert r["unseen_before_mean"] == pytest.approx(np.mean([r["corruptions"][n]["mean"] for n in corruptions.UNSEEN_BEFORE]))
     assert r["unseen_mean"] == pytest.approx(np.mean([r["corruptions"][n]["mean"] for n in names
-                                                      if n in evaluate.UNSEEN_NAMES]))
+                                                      if n in corruptions.UNSEEN_NAMES]))
     assert "unseen_before_mean" not in evaluate.robustness(Darkness(), images, labels, labels, 0, (1,), names[1:])
 
 
 def test_severities_make_the_same_random_choices():
     # one seed, three severities: the same direction each time, only further (darker stays darker)
     images = cell_images(8, seed=6)
-    darker = [evaluate.corrupt(images, "brightness", s, seed=3).astype(int).sum(axis=(1, 2, 3)) < images.astype(int).sum(axis=(1, 2, 3))
-              for s in evaluate.SEVERITIES]
+    darker = [corruptions.corrupt(images, "brightness", s, seed=3).astype(int).sum(axis=(1, 2, 3)) < images.astype(int).sum(axis=(1, 2, 3))
+              for s in corruptions.SEVERITIES]
     assert 0 < darker[0].sum() < len(images)  # both directions occur...
     assert all(np.array_equal(darker[0], d) for d in darker[1:])  # ...and each image keeps its own
 
@@ -164,30 +165,30 @@ def test_severities_make_the_same_random_choices():
 def test_stain_space_round_trip_is_the_identity():
     # colour deconvolution and back, with the stains unchanged, gives the image again
     images = cell_images(3, seed=7)
-    back = 255 * np.exp(-(evaluate._hed(images) @ evaluate._RGB_FROM_HED))
+    back = 255 * np.exp(-(corruptions._hed(images) @ corruptions._RGB_FROM_HED))
     assert np.abs(back - images).max() < 0.5
 
 
 def test_unseen_mixed_draws_only_unseen_families():
-    recipes = evaluate.mixed_recipes(20, seed=1, names=evaluate.UNSEEN_NAMES)
-    assert {name for r in recipes for name, _, _ in r} <= set(evaluate.UNSEEN_NAMES)
-    assert recipes != evaluate.mixed_recipes(20, seed=1)  # a stream of its own
+    recipes = corruptions.mixed_recipes(20, seed=1, names=corruptions.UNSEEN_NAMES)
+    assert {name for r in recipes for name, _, _ in r} <= set(corruptions.UNSEEN_NAMES)
+    assert recipes != corruptions.mixed_recipes(20, seed=1)  # a stream of its own
 
 
 def test_mixed_applies_several_corruptions():
     images = cell_images(12, seed=4)
-    recipes = evaluate.mixed_recipes(len(images), seed=5)
+    recipes = corruptions.mixed_recipes(len(images), seed=5)
     assert {len(r) for r in recipes} == {2, 3}
     for recipe in recipes:
         assert len({name for name, _, _ in recipe}) == len(recipe)  # different corruptions
-        assert all(name in evaluate.MIXED_FROM and s in evaluate.SEVERITIES for name, s, _ in recipe)
-    out = evaluate.mixed(images, seed=5)
+        assert all(name in corruptions.MIXED_FROM and s in corruptions.SEVERITIES for name, s, _ in recipe)
+    out = corruptions.mixed(images, seed=5)
     assert out.shape == images.shape and out.dtype == np.uint8
     for image, result, recipe in zip(images, out, recipes):
         step = image[None]
-        after_first = evaluate.corrupt(step, *recipe[0])
+        after_first = corruptions.corrupt(step, *recipe[0])
         for name, severity, seed in recipe:
-            step = evaluate.corrupt(step, name, severity, seed)
+            step = corruptions.corrupt(step, name, severity, seed)
         assert np.array_equal(step[0], result)  # the whole recipe, in order...
         assert not np.array_equal(after_first[0], result)  # ...not just its first step
 
@@ -257,7 +258,7 @@ def test_the_mistakes_titles_stay_clear_of_each_other_also_for_the_longest_class
 
 
 def test_the_robustness_samples_are_laid_out_wider_than_tall_to_fit_a_screen(tmp_path):
-    evaluate.plot_samples(cell_images(1)[0], 0, list(evaluate.SEVERITIES), list(evaluate.CORRUPTIONS),
+    evaluate.plot_samples(cell_images(1)[0], 0, list(corruptions.SEVERITIES), list(corruptions.CORRUPTIONS),
                           tmp_path / "robustness_samples.png")
     width, height = Image.open(tmp_path / "robustness_samples.png").size
     assert width >= height, (width, height)
@@ -271,7 +272,7 @@ def test_refuses_a_missing_or_leaky_split(evaluated, tmp_path):
         evaluate.main(["--data", str(evaluated["data"]), "--weights", str(weights), "--out", str(tmp_path / "r")])
     leaky = dict(evaluated["split"], train=evaluated["split"]["train"] + evaluated["split"]["holdout"][:1])
     (weights / "split.json").write_text(json.dumps(leaky))
-    with pytest.raises(evaluate.SplitError, match="also in 'train'"):
+    with pytest.raises(data.SplitError, match="also in 'train'"):
         evaluate.load_holdout(evaluated["data"], [weights])
 
 

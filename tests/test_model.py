@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import corruptions
 import model
 from conftest import ROOT, learnable_images
 
@@ -200,7 +201,6 @@ def test_our_resnet10_predicts_with_its_batch_norms_and_scaling_folded_into_its_
 
 
 def test_colour_constancy_sees_through_channel_swaps_casts_and_hue_turns():
-    import evaluate
     rng = np.random.default_rng(5)  # smears: a pale pink field, a purple disc, some texture
     disc = (np.mgrid[:96, :96] - 48) ** 2
     disc = (disc.sum(0) < 24 ** 2)[None, ..., None]
@@ -214,7 +214,7 @@ def test_colour_constancy_sees_through_channel_swaps_casts_and_hue_turns():
     for swapped in (images[..., ::-1], images[..., [1, 2, 0]]):  # a mirror and a turn of the colour wheel: exact
         np.testing.assert_allclose(seen(swapped), plain, atol=1e-2)
     cast = np.clip(images.astype(np.float32) * 0.8 + np.array([10, -5, 20]), 0, 255)  # a gain and a cast
-    for changed in (cast, evaluate.corrupt(images, "hue_rotation", 3)):
+    for changed in (cast, corruptions.corrupt(images, "hue_rotation", 3)):
         moved, raw = np.abs(seen(changed) - plain).mean(), np.abs(changed.astype(np.float32) - images).mean()
         assert moved < 0.25 * raw, (moved, raw)
     assert np.isfinite(seen(np.full((2, 96, 96, 3), 128, np.uint8))).all()  # no colour at all: no NaN

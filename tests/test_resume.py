@@ -16,6 +16,7 @@ import tensorflow as tf
 import augment
 import data
 import model
+import presets
 import train
 from checkpoint import Checkpoint, Stopped, run_phase, stopping_cleanly
 from conftest import ROOT
@@ -59,7 +60,7 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_
     older = json.loads(state_file.read_text())
     del older["config"]["balance_classes"]
     older["config"].update(phase2_learning_rate=1e-3, restart_epochs=2, unfreeze=1000, plateau_patience=2)  # tiny had them
-    for old, new in train.RENAMED.items():
+    for old, new in presets.RENAMED.items():
         older["config"][old] = older["config"].pop(new)
     older["config"]["epochs_finetune"] = 2
     state_file.write_text(json.dumps(older))
@@ -82,10 +83,10 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_like_an_unbroken_one(learnable_
         rows = [row for row in history if row["phase"] == phase]
         assert [int(row["epoch"]) for row in rows] == list(range(1, len(rows) + 1))
         assert len(rows) == epochs_until_early_stop([float(row["val_loss"]) for row in rows], epochs,
-                                                    train.PRESETS["tiny"]["patience"])
+                                                    presets.PRESETS["tiny"]["patience"])
     split = json.loads((out / "split.json").read_text())
     assert split["holdout"] == state["split"]["holdout"]
-    assert split["config"]["balance_classes"] == train.PRESETS["tiny"]["balance_classes"]
+    assert split["config"]["balance_classes"] == presets.PRESETS["tiny"]["balance_classes"]
     assert split["config"]["phase2_epochs"] == 2 and "epochs_finetune" not in split["config"]
     assert not (out / "checkpoint").exists()
     model.Model(out)  # the finished weights load
@@ -114,7 +115,7 @@ def test_ctrl_c_or_sigterm_ends_with_one_line_naming_the_checkpoint_and_the_comm
 def test_a_stop_while_a_checkpoint_is_written_waits_for_it_to_be_complete(tmp_path, monkeypatch):
     network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D(),
                                 keras.layers.Dense(8, activation="softmax")])
-    train.compile_network(network, 1e-3, train.PRESETS["tiny"], [1.0] * 8)
+    train.compile_network(network, 1e-3, presets.PRESETS["tiny"], [1.0] * 8)
     checkpoint = Checkpoint(tmp_path / "checkpoint")
     checkpoint.state = {"phase": "head", "epoch": 1, "history": [], "callbacks": {}}
     real_savez = np.savez
@@ -142,7 +143,7 @@ def epochs_until_early_stop(val_losses, epochs, patience):
 
 def test_resume_without_a_checkpoint_says_so(learnable_npz, tmp_path):
     with pytest.raises(SystemExit, match="nothing to resume"):
-        train.train(dict(train.PRESETS["tiny"]), learnable_npz, tmp_path, resume=True)
+        train.train(dict(presets.PRESETS["tiny"]), learnable_npz, tmp_path, resume=True)
 
 
 class Killed(BaseException):
@@ -171,7 +172,7 @@ def test_a_kill_while_writing_weights_leaves_the_previous_ones(tmp_path, monkeyp
 
 def test_a_kill_while_checkpointing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     network = model.build_network("MobileNetV3Small")
-    train.compile_network(network, 1e-3, train.PRESETS["tiny"], [1.0] * 8)
+    train.compile_network(network, 1e-3, presets.PRESETS["tiny"], [1.0] * 8)
     checkpoint = Checkpoint(tmp_path / "checkpoint")
     checkpoint.state = {"phase": "head", "epoch": 1, "history": [], "callbacks": {}}
     checkpoint.save(network, with_optimizer=False)
@@ -192,7 +193,7 @@ def phase_on_noise(tmp_path, epochs, patience, state=None):
     """run_phase on a small dense network that cannot learn (learning rate 0): val_loss never improves."""
     network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D(),
                                 keras.layers.Dense(8, activation="softmax")])
-    config = {**train.PRESETS["tiny"], "patience": patience}
+    config = {**presets.PRESETS["tiny"], "patience": patience}
     train.compile_network(network, 0.0, config, [1.0] * 8)
     rng = np.random.default_rng(0)
     ds = augment.make_dataset(rng.integers(0, 256, (32, 96, 96, 3), dtype=np.uint8), rng.integers(0, 8, 32), 16)
@@ -227,7 +228,7 @@ def test_patience_0_runs_every_epoch_and_still_keeps_the_best_weights(tmp_path):
 def test_the_cpu_preset_runs_every_epoch_of_its_learning_rate_curve(tmp_path):
     # its rate decays once to zero, and validation is noisy while it is high: a phase stopped early
     # never anneals. On noise val_loss never improves, which stops any patience short of the phase.
-    checkpoint = phase_on_noise(tmp_path, epochs=12, patience=train.PRESETS["cpu"]["patience"])
+    checkpoint = phase_on_noise(tmp_path, epochs=12, patience=presets.PRESETS["cpu"]["patience"])
     assert len(checkpoint.state["history"]) == 12 and not checkpoint.state["stopped"]
 
 
@@ -241,7 +242,7 @@ class RawWeights(keras.callbacks.Callback):
 
 
 MOMENTUM, STEPS_PER_EPOCH = 0.8, 4
-AVERAGING = {**train.PRESETS["tiny"], "ema_momentum": MOMENTUM, "patience": 10}
+AVERAGING = {**presets.PRESETS["tiny"], "ema_momentum": MOMENTUM, "patience": 10}
 
 
 def averaging_network():
@@ -313,7 +314,7 @@ def test_a_checkpoint_restores_the_optimizer_state_also_under_mirrored_strategy(
         with strategy.scope():
             network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D(),
                                         keras.layers.Dense(8, activation="softmax")])
-            train.compile_network(network, 1e-3, train.PRESETS["tiny"], [1.0] * 8)
+            train.compile_network(network, 1e-3, presets.PRESETS["tiny"], [1.0] * 8)
         return network
     first = compiled()
     rng = np.random.default_rng(0)

@@ -14,6 +14,7 @@ import tensorflow as tf
 import augment
 import data
 import model
+import presets
 import submission
 import train
 from conftest import ROOT, learnable_images
@@ -27,11 +28,11 @@ def test_focal_loss_matches_a_hand_computation():
     assert train.class_weights(labels, balanced=False) == [1.0] * 8  # --no-balance-classes: every image alike
 
     network = keras.Sequential([keras.Input((8,)), keras.layers.Softmax()])
-    train.compile_network(network, 1e-4, train.PRESETS["seed"], alpha)
+    train.compile_network(network, 1e-4, presets.PRESETS["seed"], alpha)
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(8), size=5).astype(np.float32)
     y = np.eye(8, dtype=np.float32)[[0, 2, 5, 7, 1]]
-    gamma = train.PRESETS["seed"]["focal_gamma"]
+    gamma = presets.PRESETS["seed"]["focal_gamma"]
     # FL = -sum_c alpha_c y_c (1 - p_c)^gamma log p_c, averaged over the batch
     by_hand = np.mean(-np.sum(np.array(alpha) * y * (1 - p) ** gamma * np.log(p), axis=1))
     assert float(network.loss(y, p)) == pytest.approx(by_hand, rel=1e-5)
@@ -41,7 +42,7 @@ def test_weight_decay_shrinks_the_kernels_only():
     network = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(5, 3), keras.layers.BatchNormalization(),
                                 keras.layers.Flatten(), keras.layers.Dense(8)])
     lr, decay = 0.1, 0.5
-    train.compile_network(network, lr, {**train.PRESETS["cpu"], "weight_decay": decay}, [1.0] * 8)
+    train.compile_network(network, lr, {**presets.PRESETS["cpu"], "weight_decay": decay}, [1.0] * 8)
     variables = network.trainable_variables
     for v in variables:  # nonzero everywhere, so a decay of any of them would show
         v.assign(np.full(v.shape, 2.0, np.float32))
@@ -71,7 +72,7 @@ def test_unfreezing_trains_exactly_the_top_layers_and_never_batchnorm():
 def split_of_eight_classes(seed):
     labels = np.repeat(np.arange(8), [85, 218, 108, 202, 84, 99, 233, 164])
     images = np.zeros((len(labels), 96, 96, 3), np.uint8)
-    return labels, train.split_data(images, labels, train.PRESETS["seed"], seed=seed, keep_outliers=True)[:3]
+    return labels, data.split_data(images, labels, presets.PRESETS["seed"], seed=seed, keep_outliers=True)[:3]
 
 
 def test_held_out_split_is_reproducible_for_a_seed():
@@ -90,7 +91,7 @@ def test_held_out_images_are_neither_trained_on_nor_validated_on():
 
 def test_held_out_split_keeps_each_class_share():
     labels, (_, _, holdout) = split_of_eight_classes(1)
-    expected = np.bincount(labels) * train.PRESETS["seed"]["holdout"]
+    expected = np.bincount(labels) * presets.PRESETS["seed"]["holdout"]
     assert np.all(np.abs(np.bincount(labels[holdout], minlength=8) - expected) <= 1)
 
 
@@ -124,7 +125,7 @@ def no_network(*args, **kwargs):
 
 def test_offline_imagenet_download_points_to_the_cpu_preset(monkeypatch):
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
-    config = {**train.PRESETS["tiny"], "backbone_weights": "imagenet"}
+    config = {**presets.PRESETS["tiny"], "backbone_weights": "imagenet"}
     with pytest.raises(SystemExit, match="make train PRESET=cpu") as error:
         train.create_network(config)
     assert "--backbone-weights none" in str(error.value) and "local" in str(error.value)
@@ -132,7 +133,7 @@ def test_offline_imagenet_download_points_to_the_cpu_preset(monkeypatch):
 
 def test_offline_advice_keeps_the_users_preset_and_flags(monkeypatch):
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
-    args, config = train.parse_args(["--preset", "tiny", "--out", "runs/a", "--backbone-weights", "imagenet",
+    args, config = presets.parse_args(["--preset", "tiny", "--out", "runs/a", "--backbone-weights", "imagenet",
                                      "--phase1-epochs", "3", "--no-balance-classes"])
     with pytest.raises(SystemExit) as error:
         train.create_network(config, args.command)
@@ -144,17 +145,17 @@ def test_offline_advice_keeps_the_users_preset_and_flags(monkeypatch):
 def test_the_backbone_weights_fail_before_the_data_is_read(monkeypatch, tmp_path):
     absent_data = tmp_path / "absent.npz"  # were the data read first, its error would come first
     with pytest.raises(SystemExit, match="absent.h5: no such file"):
-        train.train({**train.PRESETS["tiny"], "backbone_weights": str(tmp_path / "absent.h5")}, absent_data, tmp_path / "out")
+        train.train({**presets.PRESETS["tiny"], "backbone_weights": str(tmp_path / "absent.h5")}, absent_data, tmp_path / "out")
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_network)
     with pytest.raises(SystemExit, match="could not download"):
-        train.train({**train.PRESETS["tiny"], "backbone_weights": "imagenet"}, absent_data, tmp_path / "out")
+        train.train({**presets.PRESETS["tiny"], "backbone_weights": "imagenet"}, absent_data, tmp_path / "out")
 
 
 def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
     out = tmp_path / "weights"
     out.mkdir()
     (out / "weights.npz").write_bytes(b"45 minutes of training")
-    args, config = train.parse_args(["--preset", "tiny", "--out", str(out)])
+    args, config = presets.parse_args(["--preset", "tiny", "--out", str(out)])
     with pytest.raises(SystemExit) as error:
         train.train(config, tmp_path / "absent.npz", out, command=args.command)  # refused before the data is read
     assert f"WEIGHTS={out}-2" in str(error.value) and "OVERWRITE=1" in str(error.value) and "--overwrite" in str(error.value)
@@ -170,7 +171,7 @@ def test_every_folder_the_tools_write_or_suggest_is_ignored_by_git(tmp_path, mon
     monkeypatch.chdir(tmp_path)  # the refusal suggests a folder beside the one given, as make train would
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "weights.npz").write_bytes(b"a finished run")
-    args, config = train.parse_args(["--preset", "tiny"])
+    args, config = presets.parse_args(["--preset", "tiny"])
     with pytest.raises(SystemExit) as refusal:
         train.train(config, "absent.npz", "weights", command=args.command)
     suggested = re.search(r"WEIGHTS=(\S+)", str(refusal.value)).group(1)
@@ -234,7 +235,7 @@ def run_our_program(folder, code):
 def test_our_programs_drop_tensorflows_harmless_lines_while_they_run_and_nothing_else(tmp_path):
     # the oneDNN line comes mid-run, from TensorFlow's C++ code (here a graph's int32 transpose), so the
     # filter must stay on fd 2 after the import; the error line after it and the traceback must come out
-    run = run_our_program(tmp_path, "import os, sys\nimport data\nimport tensorflow as tf\n"
+    run = run_our_program(tmp_path, "import os, sys\nimport data\ndata.quiet_tensorflow()\nimport tensorflow as tf\n"
                                     "tf.function(tf.transpose)(tf.constant([[1, 2], [3, 4]]))\n"
                                     f"os.write(2, {HARMLESS_LINES!r})\n"
                                     "os.write(2, b'E a real error from C++\\n')\n"
@@ -246,7 +247,7 @@ def test_our_programs_drop_tensorflows_harmless_lines_while_they_run_and_nothing
     assert run.stderr.startswith("E a real error from C++\nTraceback")  # in order, every line of it
     assert run.stderr.endswith("RuntimeError: a real failure\n")
     # a crash leaves no time to flush anything: the line before it still comes out
-    crash = run_our_program(tmp_path, "import os\nimport data\nos.write(2, b'F a fatal check failed\\n')\nos.abort()\n")
+    crash = run_our_program(tmp_path, "import os\nimport data\ndata.quiet_tensorflow()\nos.write(2, b'F a fatal check failed\\n')\nos.abort()\n")
     assert crash.returncode != 0 and crash.stderr == "F a fatal check failed\n"
 
 
@@ -254,7 +255,7 @@ def test_a_width_or_a_backbone_without_imagenet_weights_says_to_train_from_scrat
     def no_download(*args, **kwargs):
         raise AssertionError("nothing to download: Keras has no ImageNet weights of this width")
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", no_download)
-    config = {**train.PRESETS["tiny"], "backbone_weights": "imagenet", "width": 1.25}
+    config = {**presets.PRESETS["tiny"], "backbone_weights": "imagenet", "width": 1.25}
     with pytest.raises(SystemExit, match="widths 0.75 and 1.0 only.*--backbone-weights none"):
         train.create_network(config)
     with pytest.raises(ValueError, match="only the MobileNets"):  # not taken for a failed download
@@ -264,7 +265,7 @@ def test_a_width_or_a_backbone_without_imagenet_weights_says_to_train_from_scrat
 
 
 def test_backbone_weights_from_a_local_file(tmp_path):
-    config = train.PRESETS["tiny"]
+    config = presets.PRESETS["tiny"]
     source = getattr(keras.applications, config["backbone"])(include_top=False, weights=None,
                                                              input_shape=(config["input_size"], config["input_size"], 3))
     path = tmp_path / "backbone.weights.h5"
@@ -273,13 +274,13 @@ def test_backbone_weights_from_a_local_file(tmp_path):
     for a, b in zip(source.get_weights(), train.backbone_of(network).get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(SystemExit, match="no such file"):
-        train.create_network({**train.PRESETS["tiny"], "backbone_weights": str(tmp_path / "absent.h5")})
+        train.create_network({**presets.PRESETS["tiny"], "backbone_weights": str(tmp_path / "absent.h5")})
 
 
 def test_a_random_start_gives_batchnorm_statistics_that_keep_up(tmp_path):
     # Keras' MobileNetV3 builds BatchNorm with momentum 0.999: from random weights its statistics
     # would lag the training for epochs, and validation would see a network that predicts one class
-    config = {**train.PRESETS["tiny"], "backbone": "MobileNetV3Small"}
+    config = {**presets.PRESETS["tiny"], "backbone": "MobileNetV3Small"}
     def momenta(network):
         return {layer.momentum for layer in train.backbone_of(network).layers
                 if isinstance(layer, keras.layers.BatchNormalization)}
@@ -292,7 +293,7 @@ def test_a_random_start_gives_batchnorm_statistics_that_keep_up(tmp_path):
 
 @pytest.mark.slow
 def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_path, monkeypatch):
-    config = {**train.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 1, "phase2_epochs": 1, "mix": "cutmix"}
+    config = {**presets.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 1, "phase2_epochs": 1, "mix": "cutmix"}
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     mixes, make_dataset = [], augment.make_dataset  # each pipeline's mix: both phases' train with CutMix
     monkeypatch.setattr(train, "make_dataset", lambda *args: mixes.append(args[5:]) or make_dataset(*args))
@@ -302,13 +303,13 @@ def test_training_runs_under_mirrored_strategy_on_the_cpu(learnable_npz, tmp_pat
     assert (tmp_path / "weights.npz").is_file() and (tmp_path / "history.png").is_file()
     # the held-out images follow split_seed (default 0), not seed: several seeds make one ensemble
     images, labels = data.load_training_set(learnable_npz)
-    expected = train.split_data(images, labels, config, seed=0, keep_outliers=True)[2]
+    expected = data.split_data(images, labels, config, seed=0, keep_outliers=True)[2]
     assert json.loads((tmp_path / "split.json").read_text())["holdout"] == expected.tolist()
 
 
 @pytest.mark.slow
 def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_its_weights(learnable_npz, tmp_path, monkeypatch):
-    config = {**train.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 1, "phase2_epochs": 1, "phase1_input_size": 48}
+    config = {**presets.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 1, "phase2_epochs": 1, "phase1_input_size": 48}
     seen = []  # per phase: the size the backbone sees, the weights it starts from and ends with
     real_run_phase = train.run_phase
     def run_phase(network, *args, **kwargs):
@@ -337,7 +338,7 @@ def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_it
 
 @pytest.mark.slow
 def test_a_phase_of_zero_epochs_is_skipped(learnable_npz, tmp_path):
-    config = {**train.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 0, "phase2_epochs": 1}
+    config = {**presets.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 0, "phase2_epochs": 1}
     rows = train.train(config, learnable_npz, tmp_path, keep_outliers=True)  # phase 2 on a fresh AdamW
     assert [r["phase"] for r in rows] == ["finetune"]
     assert model.Model(tmp_path, tta=False).predict(learnable_images(2)[0]).shape == (2,)
@@ -345,7 +346,7 @@ def test_a_phase_of_zero_epochs_is_skipped(learnable_npz, tmp_path):
 
 @pytest.mark.slow
 def test_zero_epochs_of_both_phases_write_the_untrained_network(learnable_npz, tmp_path):
-    config = {**train.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 0, "phase2_epochs": 0}
+    config = {**presets.PRESETS["tiny"], "max_images": 96, "phase1_epochs": 0, "phase2_epochs": 0}
     keras.utils.set_random_seed(4)
     untrained = train.create_network(config)
     assert train.train(config, learnable_npz, tmp_path, seed=4, keep_outliers=True) == []
@@ -383,7 +384,7 @@ def test_float16_ships_when_it_gets_as_many_check_images_right_within_one(turned
     float16[900:900 + turned_right] = labels[900:900 + turned_right]
     monkeypatch.setattr(train, "load_network", lambda path: (Answers(float16), {}))
     path = tmp_path / "weights.npz"
-    precision = train.save_weights(Answers(float32), train.PRESETS["tiny"], path, np.zeros((1000, 1, 1, 3)), labels)
+    precision = train.save_weights(Answers(float32), presets.PRESETS["tiny"], path, np.zeros((1000, 1, 1, 3)), labels)
     assert precision["dtype"] == shipped and np.load(path)["w0000"].dtype == shipped
     assert [p.name for p in tmp_path.iterdir()] == ["weights.npz"]
     assert precision["why"].startswith(f"{shipped}: ")
@@ -423,7 +424,7 @@ def test_a_run_not_worth_uploading_ends_with_a_warning_saying_why_and_what_to_tr
     out = tmp_path / "weights"
     out.mkdir()
     (out / "split.json").write_text(json.dumps(record))
-    args, _ = train.parse_args(["--preset", record["preset"], "--out", str(out), "--phase1-epochs", "0"])
+    args, _ = presets.parse_args(["--preset", record["preset"], "--out", str(out), "--phase1-epochs", "0"])
     *first, last = train.last_words(rows, out, args.command)
     assert "(the bundle to upload)" not in " ".join(first)
     assert last.startswith(f"warning: not worth uploading: {why}")
@@ -432,7 +433,7 @@ def test_a_run_not_worth_uploading_ends_with_a_warning_saying_why_and_what_to_tr
 
 def test_a_run_that_learnt_ends_with_the_command_that_bundles_it(tmp_path):
     (tmp_path / "split.json").write_text(json.dumps({"preset": "cpu", "trained_epochs": 1}))
-    args, _ = train.parse_args(["--preset", "cpu", "--out", str(tmp_path)])
+    args, _ = presets.parse_args(["--preset", "cpu", "--out", str(tmp_path)])
     assert train.last_words([epoch("finetune", 0.1, 0.98)], tmp_path, args.command) == [
         f"next: make submission WEIGHTS={tmp_path} (the bundle to upload), then make evaluate WEIGHTS={tmp_path} "
         "(accuracy on the held-out images, clean and corrupted)"]
@@ -467,49 +468,49 @@ def test_the_history_marks_the_epoch_kept_and_where_the_run_was_resumed(tmp_path
 def test_the_same_seed_gives_the_same_cleaning_and_split():
     images, labels = learnable_images(480)
     images[::40] = images[7]  # a picture pasted twelve times under several labels: cleaning has work to do
-    config = {**train.PRESETS["tiny"], "max_images": None}
-    a = train.split_data(images, labels, config, seed=3)
-    b = train.split_data(images, labels, config, seed=3)
+    config = {**presets.PRESETS["tiny"], "max_images": None}
+    a = data.split_data(images, labels, config, seed=3)
+    b = data.split_data(images, labels, config, seed=3)
     assert len(a[3]["outliers"]) >= 12 and a[3] == b[3]
     for x, y in zip(a[:3], b[:3]):
         np.testing.assert_array_equal(x, y)
 
 
 def test_command_line_options_change_only_their_own_preset_values():
-    _, config = train.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--width", "0.75",
+    _, config = presets.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--width", "0.75",
                                   "--input-size", "80", "--phase1-epochs", "3", "--clean-share", "0.25", "--corrupt-p", "0.3"])
-    changed = {key for key in config if config[key] != train.PRESETS["cpu"][key]}
+    changed = {key for key in config if config[key] != presets.PRESETS["cpu"][key]}
     assert changed == {"backbone", "width", "input_size", "phase1_epochs", "clean_share", "corrupt_p"}
     assert (config["backbone"], config["width"], config["input_size"], config["phase1_epochs"]) == ("MobileNetV3Large", 0.75, 80, 3)
     assert (config["clean_share"], config["corrupt_p"]) == (0.25, (0.0, 0.3))  # --corrupt-p: phase 2's share
-    falling = train.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
+    falling = presets.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
     assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
-    assert train.parse_args(["--preset", "cpu", "--phase1-input-size", "48"])[1]["phase1_input_size"] == 48
-    loss_and_rate = train.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--learning-rate", "4e-3", "--label-smoothing", "0",
+    assert presets.parse_args(["--preset", "cpu", "--phase1-input-size", "48"])[1]["phase1_input_size"] == 48
+    loss_and_rate = presets.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--learning-rate", "4e-3", "--label-smoothing", "0",
                                       "--weight-decay", "0.05", "--ema-momentum", "0.998", "--patience", "0"])[1]
     assert (loss_and_rate["focal_gamma"], loss_and_rate["learning_rate"], loss_and_rate["label_smoothing"],
             loss_and_rate["weight_decay"], loss_and_rate["ema_momentum"], loss_and_rate["patience"]) == (1.5, 4e-3, 0.0, 0.05, 0.998, 0)
-    assert train.PRESETS["cpu"]["balance_classes"] and not train.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
+    assert presets.PRESETS["cpu"]["balance_classes"] and not presets.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
 
 
 def test_every_flag_sets_the_preset_key_it_is_named_after():
-    for key in train.FLAGS:
-        assert key in train.BASE or key in train.FINE_TUNING, key
-    _, config = train.parse_args(["--preset", "seed", "--phase2-epochs", "4", "--unfreeze", "20", "--batch-size", "8"])
+    for key in presets.FLAGS:
+        assert key in presets.BASE or key in presets.FINE_TUNING, key
+    _, config = presets.parse_args(["--preset", "seed", "--phase2-epochs", "4", "--unfreeze", "20", "--batch-size", "8"])
     assert (config["phase2_epochs"], config["unfreeze"], config["batch_size"]) == (4, 20, 8)
 
 
 def test_the_flags_of_older_versions_still_work():
-    _, config = train.parse_args(["--preset", "cpu", "--epochs-head", "3", "--epochs-finetune", "4", "--lr-head", "1e-3",
+    _, config = presets.parse_args(["--preset", "cpu", "--epochs-head", "3", "--epochs-finetune", "4", "--lr-head", "1e-3",
                                   "--head-input-size", "48"])
     assert (config["phase1_epochs"], config["phase2_epochs"], config["learning_rate"], config["phase1_input_size"]) == (3, 4, 1e-3, 48)
     assert not {"epochs_head", "epochs_finetune", "lr_head", "head_input_size"} & set(config)
 
 
 def test_presets_carry_only_the_keys_they_use():
-    assert set(train.PRESETS["seed"]) == set(train.BASE) | set(train.FINE_TUNING)
+    assert set(presets.PRESETS["seed"]) == set(presets.BASE) | set(presets.FINE_TUNING)
     for name in ("tiny", "cpu"):  # from random weights: nothing to fine-tune
-        assert train.PRESETS[name]["backbone_weights"] == "none" and set(train.PRESETS[name]) == set(train.BASE)
+        assert presets.PRESETS[name]["backbone_weights"] == "none" and set(presets.PRESETS[name]) == set(presets.BASE)
 
 
 @pytest.mark.parametrize("refused", [
@@ -525,16 +526,16 @@ def test_presets_carry_only_the_keys_they_use():
 ])
 def test_out_of_range_values_are_refused_naming_the_flag_in_one_line(refused, capsys):
     with pytest.raises(SystemExit):
-        train.parse_args(["--preset", "cpu", *refused])
+        presets.parse_args(["--preset", "cpu", *refused])
     error = capsys.readouterr().err.splitlines()
     assert len(error) == 1 and refused[0] in error[0] and "--help lists every option" in error[0]  # no usage above it
 
 
 def test_help_shows_each_presets_purpose_and_every_default(capsys):
     with pytest.raises(SystemExit):
-        train.parse_args(["--help"])
+        presets.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name, about in train.ABOUT.items():
+    for name, about in presets.ABOUT.items():
         assert f"{name} {about}" in text
     assert "(seed 20, tiny 8, cpu 36)" in text and "(default: weights)" in text
     phase1 = text.rsplit("--phase1-epochs N", 1)[1].split("--phase2-epochs")[0]
@@ -550,7 +551,7 @@ def spared(batch, originals):
 
 def test_test_set_like_corruptions_keep_shape_and_range_in_the_pipeline():
     images, labels = learnable_images(64)
-    augment_fn = augment.make_augment(train.PRESETS["tiny"], seed=0, corrupt_p=0.5)
+    augment_fn = augment.make_augment(presets.PRESETS["tiny"], seed=0, corrupt_p=0.5)
     batch = next(iter(augment.make_dataset(images, labels, 64, augment_fn)))[0].numpy()
     assert batch.shape == images.shape and batch.dtype == np.float32
     assert batch.min() >= 0 and batch.max() <= 255
@@ -574,7 +575,7 @@ def test_a_clean_share_of_the_images_is_spared_every_corruption():
 
 
 def test_a_falling_clean_share_reaches_the_pipeline_at_each_epochs_start():
-    config = {**train.PRESETS["cpu"], "phase2_epochs": 5, "clean_share": [0.8, 0.0]}  # a list, as JSON gives it back
+    config = {**presets.PRESETS["cpu"], "phase2_epochs": 5, "clean_share": [0.8, 0.0]}  # a list, as JSON gives it back
     assert [round(augment.clean_share_at(config, e), 6) for e in range(6)] == [0.8, 0.6, 0.4, 0.2, 0.0, 0.0]
     assert augment.clean_share_at({**config, "clean_share": 0.3}, 4) == 0.3  # one number: the same throughout
     images, labels = learnable_images(1)
@@ -624,18 +625,18 @@ def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouch
 
 def test_schedules_warm_up_for_one_epoch_then_decay_or_restart():
     steps = 10
-    config = {**train.PRESETS["cpu"], "phase1_epochs": 2, "phase2_epochs": 3}
+    config = {**presets.PRESETS["cpu"], "phase1_epochs": 2, "phase2_epochs": 3}
     from_scratch = train.from_scratch_schedule(config, steps)  # one curve over both phases' 5 epochs
     rates = [float(from_scratch(step)) for step in range(5 * steps + 1)]
     peak = config["learning_rate"]
     assert rates[0] == pytest.approx(peak / 100)  # not a full-size first step on fresh AdamW moments
     assert all(a < b for a, b in pairwise(rates[:steps + 1])) and rates[steps] == pytest.approx(peak)
     assert all(a > b for a, b in pairwise(rates[steps:])) and rates[-1] < peak / 1000
-    one_decay = train.finetune_schedule({**config, **train.FINE_TUNING, "restart_epochs": None}, steps)  # over phase 2 alone
-    top = train.FINE_TUNING["phase2_learning_rate"]
+    one_decay = train.finetune_schedule({**config, **presets.FINE_TUNING, "restart_epochs": None}, steps)  # over phase 2 alone
+    top = presets.FINE_TUNING["phase2_learning_rate"]
     assert [float(one_decay(step)) for step in (0, steps)] == pytest.approx([top / 100, top])
     assert float(one_decay(3 * steps)) < top / 1000
-    restarts = train.finetune_schedule(train.PRESETS["seed"], steps)  # restart_epochs 5: back to the top at epoch 5
-    top = train.PRESETS["seed"]["phase2_learning_rate"]
+    restarts = train.finetune_schedule(presets.PRESETS["seed"], steps)  # restart_epochs 5: back to the top at epoch 5
+    top = presets.PRESETS["seed"]["phase2_learning_rate"]
     assert float(restarts(0)) == pytest.approx(top) and float(restarts(5 * steps - 1)) < top / 10
     assert float(restarts(5 * steps)) == pytest.approx(top)
