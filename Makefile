@@ -15,14 +15,14 @@ SHARED_DATA ?= ../shared/data
 .PHONY: help
 help:
 	@echo "make data               build $(DATA) from the shared PBC images in $(SHARED_DATA)"
-	@echo "make train              train PRESET=$(PRESET) into $(WEIGHTS)/; PRESET=cpu on a CPU or offline (45 minutes on 2 Xeon cores)"
+	@echo "make train              train PRESET=$(PRESET) into $(WEIGHTS)/; PRESET=cpu on a CPU or offline (how long: BENCHMARKS.md)"
 	@echo "make submission         zip model.py and the weights, check the zip as the scorer runs it, write $(SUBMISSION)"
 	@echo "make check-submission   check an existing $(SUBMISSION) the way the scorer runs it"
 	@echo "make evaluate           score the weights on their held-out images, clean and corrupted, into $(REPORTS)/"
 	@echo "make outliers           find the images that are not blood cells or are copies, into $(REPORTS)/"
 	@echo "make eda                pictures of the data (class counts, brightness, colour, samples) into $(REPORTS)/"
-	@echo "make test               the whole test suite (10 to 35 minutes on 2 cores)"
-	@echo "make test-fast          the tests that need no training (about 3.5 minutes on 2 busy cores)"
+	@echo "make test               the whole test suite (how long: BENCHMARKS.md)"
+	@echo "make test-fast          the tests that need no training"
 	@echo "make clean              delete submission/, $(REPORTS)/ and the test cache"
 	@echo "make help               this list"
 	@echo "Variables: DATA, PRESET, WEIGHTS, SUBMISSION, REPORTS, ARGS, RESUME=1, OVERWRITE=1 (see README.md)"
@@ -70,7 +70,7 @@ eda: .venv/installed
 test: .venv/installed
 	$(PY) -m pytest -q --durations=10 tests
 
-# the tests that train nothing for long (a couple of minutes): those marked slow are left out
+# the tests that train nothing for long: those marked slow are left out
 test-fast: .venv/installed
 	$(PY) -m pytest -q --durations=5 -m "not slow" tests
 
