@@ -1,36 +1,20 @@
-"""evaluate.py on small generated data and a tiny random network: the report adds up, the corruptions
-do what they claim and repeat for a seed, and a split made for other data is refused."""
+"""evaluate.py on small generated data and a tiny random network: the report adds up, a split for other data is refused."""
 import json
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import corruptions  # noqa: E402
-import data  # noqa: E402
-import evaluate  # noqa: E402
-import model  # noqa: E402
+import corruptions
+import data
+import evaluate
+import model
+from conftest import cell_images
+
 
 N_IMAGES, N_HELD = 48, 16
-
-
-def cell_images(n, seed=0):
-    """Blood-smear-like pictures: a light pink field, a textured purple disc somewhere near the middle."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:model.IMAGE_SIZE, :model.IMAGE_SIZE]
-    images = np.empty((n, model.IMAGE_SIZE, model.IMAGE_SIZE, 3), np.uint8)
-    for i in range(n):
-        cy, cx = rng.integers(35, 61, size=2)
-        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(10, 25) ** 2)[..., None]
-        field = np.array([235, 215, 200]) + rng.normal(0, 6, (model.IMAGE_SIZE, model.IMAGE_SIZE, 3))
-        cell = np.array([110, 60, 150]) + rng.normal(0, 25, (model.IMAGE_SIZE, model.IMAGE_SIZE, 3))
-        images[i] = np.clip(np.where(disc, cell, field), 0, 255).astype(np.uint8)
-    return images
 
 
 @pytest.fixture(scope="module")
@@ -92,50 +76,6 @@ def test_scores_match_a_direct_prediction(evaluated):
     assert evaluated["report"]["confusion_matrix"] == expected["confusion_matrix"]
 
 
-def test_corrupt_refuses_images_of_another_size_naming_the_shape():
-    with pytest.raises(ValueError, match=r"\(n, 96, 96, 3\), got uint8 \(2, 64, 64, 3\)"):
-        corruptions.corrupt(np.zeros((2, 64, 64, 3), np.uint8), "vignetting", 1)
-
-
-@pytest.mark.parametrize("severity", corruptions.SEVERITIES)
-@pytest.mark.parametrize("name", list(corruptions.CORRUPTIONS))
-def test_each_corruption_changes_images_and_keeps_shape_and_dtype(name, severity):
-    images = cell_images(4, seed=1)
-    before = images.copy()
-    out = corruptions.corrupt(images, name, severity, seed=0)
-    assert out.shape == images.shape and out.dtype == np.uint8
-    assert np.array_equal(images, before)  # the input is left alone
-    changed = [not np.array_equal(a, b) for a, b in zip(out, images)]
-    assert all(changed), f"{name} at severity {severity} left {changed.count(False)} images unchanged"
-
-
-# flips and channel swaps are lossless: their severities are different ones, not stronger ones
-@pytest.mark.parametrize("name", [n for n in corruptions.CORRUPTIONS if n not in ("flip", "channel_swap")])
-def test_stronger_severity_moves_images_further(name):
-    images = cell_images(6, seed=2).astype(np.float32)
-    distance = [np.abs(corruptions.corrupt(images.astype(np.uint8), name, s, seed=0) - images).mean()
-                for s in corruptions.SEVERITIES]
-    assert distance[0] < distance[-1], f"{name}: mean change {distance}"
-
-
-def test_suite_is_deterministic_for_a_seed():
-    images = cell_images(6, seed=3)
-    for name in corruptions.CORRUPTIONS:
-        for s in corruptions.SEVERITIES:
-            assert np.array_equal(corruptions.corrupt(images, name, s, seed=7), corruptions.corrupt(images, name, s, seed=7)), name
-    assert np.array_equal(corruptions.mixed(images, seed=7), corruptions.mixed(images, seed=7))
-    # and the seed matters where there is randomness to seed
-    assert not np.array_equal(corruptions.corrupt(images, "gaussian_noise", 2, seed=7),
-                              corruptions.corrupt(images, "gaussian_noise", 2, seed=8))
-    assert not np.array_equal(corruptions.mixed(images, seed=7), corruptions.mixed(images, seed=8))
-
-
-def test_seen_and_unseen_families_split_the_suite():
-    assert set(corruptions.SEEN_NAMES) | set(corruptions.UNSEEN_NAMES) == set(corruptions.CORRUPTIONS)
-    assert not set(corruptions.SEEN_NAMES) & set(corruptions.UNSEEN_NAMES)
-    assert set(corruptions.MIXED_FROM) <= set(corruptions.CORRUPTIONS)
-
-
 def test_the_headline_keeps_ten_or_more_families_and_the_old_thirteen_are_reported_beside_it():
     assert len(corruptions.UNSEEN_NAMES) >= 10
     assert set(corruptions.UNSEEN_BEFORE) <= set(corruptions.CORRUPTIONS)
@@ -151,46 +91,6 @@ def test_the_headline_keeps_ten_or_more_families_and_the_old_thirteen_are_report
     assert r["unseen_mean"] == pytest.approx(np.mean([r["corruptions"][n]["mean"] for n in names
                                                       if n in corruptions.UNSEEN_NAMES]))
     assert "unseen_before_mean" not in evaluate.robustness(Darkness(), images, labels, labels, 0, (1,), names[1:])
-
-
-def test_severities_make_the_same_random_choices():
-    # one seed, three severities: the same direction each time, only further (darker stays darker)
-    images = cell_images(8, seed=6)
-    darker = [corruptions.corrupt(images, "brightness", s, seed=3).astype(int).sum(axis=(1, 2, 3)) < images.astype(int).sum(axis=(1, 2, 3))
-              for s in corruptions.SEVERITIES]
-    assert 0 < darker[0].sum() < len(images)  # both directions occur...
-    assert all(np.array_equal(darker[0], d) for d in darker[1:])  # ...and each image keeps its own
-
-
-def test_stain_space_round_trip_is_the_identity():
-    # colour deconvolution and back, with the stains unchanged, gives the image again
-    images = cell_images(3, seed=7)
-    back = 255 * np.exp(-(corruptions._hed(images) @ corruptions._RGB_FROM_HED))
-    assert np.abs(back - images).max() < 0.5
-
-
-def test_unseen_mixed_draws_only_unseen_families():
-    recipes = corruptions.mixed_recipes(20, seed=1, names=corruptions.UNSEEN_NAMES)
-    assert {name for r in recipes for name, _, _ in r} <= set(corruptions.UNSEEN_NAMES)
-    assert recipes != corruptions.mixed_recipes(20, seed=1)  # a stream of its own
-
-
-def test_mixed_applies_several_corruptions():
-    images = cell_images(12, seed=4)
-    recipes = corruptions.mixed_recipes(len(images), seed=5)
-    assert {len(r) for r in recipes} == {2, 3}
-    for recipe in recipes:
-        assert len({name for name, _, _ in recipe}) == len(recipe)  # different corruptions
-        assert all(name in corruptions.MIXED_FROM and s in corruptions.SEVERITIES for name, s, _ in recipe)
-    out = corruptions.mixed(images, seed=5)
-    assert out.shape == images.shape and out.dtype == np.uint8
-    for image, result, recipe in zip(images, out, recipes):
-        step = image[None]
-        after_first = corruptions.corrupt(step, *recipe[0])
-        for name, severity, seed in recipe:
-            step = corruptions.corrupt(step, name, severity, seed)
-        assert np.array_equal(step[0], result)  # the whole recipe, in order...
-        assert not np.array_equal(after_first[0], result)  # ...not just its first step
 
 
 def test_refuses_a_split_made_for_other_data(evaluated, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 
 import corruptions
 import model
-from conftest import ROOT, learnable_images
+from conftest import ROOT, Killed, learnable_images
+
 
 ARCHITECTURE = {"backbone": "EfficientNetV2B0", "input_size": 96, "dropout": 0.2}
 
@@ -45,6 +46,26 @@ def test_float16_storage_is_smaller_and_close(bundle, tmp_path):
     half, _ = model.load_network(tmp_path / "weights.npz")
     for a, b in zip(network.get_weights(), half.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_a_kill_while_writing_weights_leaves_the_previous_ones(tmp_path, monkeypatch):
+    architecture = {"backbone": "MobileNetV3Small", "input_size": 96, "dropout": 0.2}
+    network = model.build_network(**architecture)
+    path = tmp_path / "weights.npz"
+    model.save_network(network, architecture, path)
+    before = path.read_bytes()
+
+    real_savez = np.savez
+    def savez_then_die(file, **arrays):
+        real_savez(file, **dict(list(arrays.items())[:3]))  # part of the file is on disk...
+        raise Killed()                                     # ...when the process dies
+    monkeypatch.setattr(np, "savez", savez_then_die)
+    with pytest.raises(Killed):
+        model.save_network(network, architecture, path, float16=True)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    model.load_network(path)
+    assert [p.name for p in tmp_path.glob("weights*.npz")] == ["weights.npz"]  # nothing half-written is bundled
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 70])  # 70 spans two prediction batches

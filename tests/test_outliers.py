@@ -1,144 +1,13 @@
-"""Tests for outliers.py on synthetic smears with every kind of outlier planted, and on the real set.
-
-    cd /work/main && .venv/bin/python -m pytest tests/test_outliers.py
-"""
-import io
+"""Tests for outliers.py on synthetic smears with every kind of outlier planted, and on the real set."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
-from scipy.ndimage import gaussian_filter
+from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import outliers  # noqa: E402
-from outliers import (CONFLICT, DUPLICATE, MASS_ONE, MASS_SEVERAL, NOT_CELL,  # noqa: E402
-                      find_outliers)
-
-SMEAR_BACKGROUND = (236, 208, 190)
-
-
-# ----------------------------------------------------------------------------------------------
-# synthetic pictures
-
-def cell(rng, background=SMEAR_BACKGROUND):
-    """A stained smear as a microscope sees it: the lamp's light times the stain's transmittance.
-
-    Pale red cells anywhere, one purple nucleus of random size, shape and place, granular texture
-    and camera noise, so that no two are near copies of each other.
-    """
-    yy, xx = np.mgrid[:96, :96].astype(np.float32)
-    od = np.zeros((96, 96, 3), np.float32)  # optical density per channel
-    for _ in range(rng.integers(1, 6)):  # red cells: a disc with a paler centre
-        cy, cx, r = rng.uniform(-10, 106), rng.uniform(-10, 106), rng.uniform(11, 18)
-        d = np.hypot(yy - cy, xx - cx)
-        od += ((d < r) * (1 - 0.5 * np.exp(-(d / (0.5 * r)) ** 2)))[..., None] * np.float32([0.05, 0.22, 0.16])
-    cy, cx = rng.uniform(28, 68, 2)
-    a, b = rng.uniform(8, 26, 2)
-    t = rng.uniform(0, np.pi)
-    u, v = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t), (xx - cx) * np.cos(t) - (yy - cy) * np.sin(t)
-    cytoplasm = ((u / (a * 1.3)) ** 2 + (v / (b * 1.3)) ** 2 < 1).astype(np.float32)
-    nucleus = ((u / a) ** 2 + (v / b) ** 2 < 1).astype(np.float32)
-    grain = gaussian_filter(rng.normal(0, 1, (96, 96)), 1.2).astype(np.float32)
-    od += gaussian_filter(cytoplasm, 1)[..., None] * np.float32([0.25, 0.3, 0.1])
-    od += (gaussian_filter(nucleus, 1) * (1 + 0.25 * grain))[..., None] * np.float32([0.8, 1.2, 0.25])
-    image = np.float32(background) * np.exp(-od) + rng.normal(0, 2, (96, 96, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def photo(rng):
-    """A photograph-like picture: smooth saturated colour regions with deep shadows."""
-    small = rng.uniform(0, 255, (5, 5, 3)).astype(np.uint8)
-    image = np.asarray(Image.fromarray(small).resize((96, 96), Image.BICUBIC), np.float32)
-    shade = np.asarray(Image.fromarray(rng.uniform(0, 255, (4, 4)).astype(np.uint8)).resize((96, 96), Image.BICUBIC))
-    image *= (shade[..., None] / 255.0) ** 1.5  # shadows go to black
-    return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
-
-
-def pasted(rng):
-    """A picture pasted over a smear, half see-through, like the challenge's meme overlays."""
-    return (0.65 * photo(rng) + 0.35 * cell(rng)).astype(np.uint8)
-
-
-def text_page(rng):
-    """Black text on a light grey page: a scanned document, not a micrograph."""
-    page = Image.new("RGB", (96, 96), (225, 225, 222))
-    draw = ImageDraw.Draw(page)
-    for line in range(7):
-        draw.text((4, 4 + 13 * line), "".join(rng.choice(list("abcdefghij klmnop")) for _ in range(15)), fill=(20, 20, 20))
-    return np.asarray(page)
-
-
-def gradient():
-    """A rainbow gradient."""
-    hue = np.linspace(0, 1, 96)[None, :].repeat(96, 0)
-    hsv = np.stack([hue * 255, np.full_like(hue, 220), np.linspace(255, 150, 96)[:, None].repeat(96, 1)], -1)
-    return np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"))
-
-
-def meme(rng):
-    """A smear with a caption band: white letters on black, the way memes are captioned."""
-    image = Image.fromarray(cell(rng))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 72, 95, 95), fill=(0, 0, 0))
-    draw.text((6, 78), "MUCH CELL WOW", fill=(255, 255, 255))
-    return np.asarray(image)
-
-
-def noisy(image, rng, sigma=3.0):
-    return np.clip(image + rng.normal(0, sigma, image.shape), 0, 255).astype(np.uint8)
-
-
-def jpeg(image, quality=70):
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-
-
-def planted_set(seed=0, n_clean=300):
-    """Images, labels and where each planted outlier went (a dict of index lists)."""
-    rng = np.random.default_rng(seed)
-    images = [cell(rng) for _ in range(n_clean)]
-    labels = list(rng.integers(0, 8, n_clean))
-    where = {"clean": list(range(n_clean))}
-
-    def add(name, image, label):
-        where.setdefault(name, []).append(len(images))
-        images.append(image)
-        labels.append(label)
-
-    overlay = pasted(rng)  # copied 40 times under every label, some copies re-encoded
-    for k in range(40):
-        add("mass_several", overlay if k % 4 else jpeg(overlay), k % 8)
-    overlay = pasted(rng)  # copied 20 times within one class, each copy with its own noise
-    for _ in range(20):
-        add("mass_one", noisy(overlay, rng), 5)
-    add("grey", text_page(rng), 3)
-    add("gradient", gradient(), 0)
-    add("photo", photo(rng), 6)
-    add("meme", meme(rng), 2)
-    unique = photo(rng)  # a unique non-cell and its two near copies
-    for image in (unique, noisy(unique, rng), jpeg(unique)):
-        add("non_cell_copies", image, 4)
-    for k in range(3):  # genuine cells twice with the same label: exact, noisy, re-encoded
-        original = where["clean"][k]
-        add("duplicate", [images[original], noisy(images[original], rng, 2), jpeg(images[original], 85)][k], labels[original])
-    original = where["clean"][3]  # the same cell under another label: neither label can be trusted
-    add("conflict", images[original].copy(), (labels[original] + 1) % 8)
-    where["conflict"].append(original)
-    where["clean"].remove(original)
-    add("unusual_background", cell(rng, background=(205, 215, 245)), 1)  # a bluish lamp
-    add("unusual_background", cell(rng, background=(200, 232, 200)), 7)  # a greenish one
-    return np.stack(images), np.array(labels, np.int64), where
-
-
-@pytest.fixture(scope="module")
-def planted():
-    images, labels, where = planted_set()
-    return images, labels, where, find_outliers(images, labels)
+import outliers
+from conftest import run_cli
+from outliers import CONFLICT, DUPLICATE, MASS_ONE, MASS_SEVERAL, NOT_CELL, find_outliers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,12 +85,6 @@ def test_bad_input_is_refused():
         find_outliers(np.zeros((3, 96, 96), np.float32), np.zeros(3, np.int64))
 
 
-def run_cli(monkeypatch, *args):
-    """outliers.py's command line, run in this process (TensorFlow, which data.py imports, loads once)."""
-    monkeypatch.setattr(sys, "argv", ["outliers.py", *map(str, args)])
-    outliers.main()
-
-
 def test_cli_writes_the_json_and_the_sheet(planted, tmp_path, monkeypatch):
     images, labels, _, expected = planted
     np.savez(tmp_path / "set.npz", images=images, labels=labels.astype(np.uint8).reshape(-1, 1))
@@ -245,17 +108,6 @@ def test_each_section_of_the_sheet_says_how_many_of_its_images_it_shows(planted)
         assert (f", {len(flagged)} shown" in title) == (len(flagged) < count), title
 
 
-def test_a_file_of_floats_in_0_1_is_scaled_like_model_predict_scales_them(planted, tmp_path, monkeypatch, capsys):
-    from data import load_training_set
-    images, labels, _, expected = planted
-    np.savez(tmp_path / "floats.npz", images=images.astype(np.float32) / 255, labels=labels)
-    loaded, _ = load_training_set(tmp_path / "floats.npz")  # what every command reads
-    np.testing.assert_array_equal(loaded, images)
-    assert "float32 in [0, 1]" in capsys.readouterr().out  # said once, in a note
-    run_cli(monkeypatch, "--data", tmp_path / "floats.npz", "--out", tmp_path / "reports")
-    assert json.loads((tmp_path / "reports" / "outliers.json").read_text())["counts"] == expected["counts"]
-
-
 def test_losing_most_of_a_class_means_the_file_is_wrong(planted, tmp_path, monkeypatch):
     from data import DataError
     images, labels, where, _ = planted
@@ -273,35 +125,6 @@ def test_losing_most_of_a_class_means_the_file_is_wrong(planted, tmp_path, monke
 def test_cli_explains_a_missing_file(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no training file"):
         run_cli(monkeypatch, "--data", tmp_path / "nope.npz", "--out", tmp_path)
-
-
-# ----------------------------------------------------------------------------------------------
-# eda.py: pictures of the cleaned set
-
-def test_eda_colour_measures_the_cells_not_the_background():
-    import colorsys
-    import eda
-    background, stain = (236, 208, 190), (120, 60, 160)  # a smear's pale light, a purple nucleus
-    yy, xx = np.mgrid[:96, :96]
-    disc = (yy - 48) ** 2 + (xx - 40) ** 2 < 30 ** 2
-    images = np.where(disc[None, ..., None], np.uint8(stain), np.uint8(background)).repeat(2, 0)
-    hue, saturation, share = eda.cell_colours(images, np.array([3, 5]), 8)
-    np.testing.assert_allclose(share, disc[::2, ::2].mean())  # the share of pixels it reads that are cell
-    h, s, _ = colorsys.rgb_to_hsv(*np.array(stain) / 255)
-    for c in (3, 5):  # every cell pixel in the stain's bins, none in the background's
-        assert hue[c, np.digitize(360 * h, eda.HUE_EDGES) - 1] == hue[c].sum() == disc[::2, ::2].sum()
-        assert saturation[c, np.digitize(s, eda.SATURATION_EDGES) - 1] == saturation[c].sum() == disc[::2, ::2].sum()
-    assert hue[[0, 1, 2, 4, 6, 7]].sum() == 0
-
-
-def test_eda_draws_its_four_pictures(planted, tmp_path, monkeypatch):
-    import eda
-    images, labels, _, _ = planted
-    np.savez(tmp_path / "set.npz", images=images, labels=labels)
-    monkeypatch.setattr(sys, "argv", ["eda.py", "--data", str(tmp_path / "set.npz"), "--out", str(tmp_path / "eda")])
-    eda.main()
-    assert sorted(p.name for p in (tmp_path / "eda").iterdir()) == [
-        "eda_brightness.png", "eda_class_counts.png", "eda_colour.png", "eda_samples.png"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The recipe's parts: focal loss, freezing, the held-out split, backbone weights, the strategy."""
+"""The recipe's parts: focal loss, weight decay, freezing, schedules, backbone weights, the strategy, the last words."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from itertools import pairwise
 
 import numpy as np
@@ -15,9 +17,8 @@ import augment
 import data
 import model
 import presets
-import submission
 import train
-from conftest import ROOT, learnable_images
+from conftest import ROOT, latest_checkpoint, learnable_images
 
 
 def test_focal_loss_matches_a_hand_computation():
@@ -69,56 +70,6 @@ def test_unfreezing_trains_exactly_the_top_layers_and_never_batchnorm():
     assert network.get_layer("probabilities").trainable
 
 
-def split_of_eight_classes(seed):
-    labels = np.repeat(np.arange(8), [85, 218, 108, 202, 84, 99, 233, 164])
-    images = np.zeros((len(labels), 96, 96, 3), np.uint8)
-    return labels, data.split_data(images, labels, presets.PRESETS["seed"], seed=seed, keep_outliers=True)[:3]
-
-
-def test_held_out_split_is_reproducible_for_a_seed():
-    (_, a), (_, b), (_, c) = split_of_eight_classes(1), split_of_eight_classes(1), split_of_eight_classes(2)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
-    assert not np.array_equal(a[2], c[2])
-
-
-def test_held_out_images_are_neither_trained_on_nor_validated_on():
-    labels, (train_idx, val_idx, holdout) = split_of_eight_classes(1)
-    assert len(np.intersect1d(train_idx, holdout)) == len(np.intersect1d(val_idx, holdout)) == 0
-    assert len(np.intersect1d(train_idx, val_idx)) == 0
-    assert len(train_idx) + len(val_idx) + len(holdout) == len(labels)
-
-
-def test_held_out_split_keeps_each_class_share():
-    labels, (_, _, holdout) = split_of_eight_classes(1)
-    expected = np.bincount(labels) * presets.PRESETS["seed"]["holdout"]
-    assert np.all(np.abs(np.bincount(labels[holdout], minlength=8) - expected) <= 1)
-
-
-def test_data_errors_name_the_problem(tmp_path):
-    with pytest.raises(data.DataError, match="build_training_set.py"):
-        data.load_training_set(tmp_path / "absent.npz")
-    np.savez(tmp_path / "bad.npz", pictures=np.zeros((2, 96, 96, 3), np.uint8))
-    with pytest.raises(data.DataError, match="lacks.*`make data`"):
-        data.load_training_set(tmp_path / "bad.npz")
-    # the shared folder's archive given as DATA: its arrays as ../shared/data/README.md describes them
-    np.savez(tmp_path / "train_jpeg.npz", jpeg=np.zeros(10, np.uint8), offsets=np.array([0, 10]),
-             labels=np.zeros(1, np.uint8))
-    with pytest.raises(data.DataError, match="JPEG-encoded images .*`make data` decodes them into data/training_set.npz"):
-        data.load_training_set(tmp_path / "train_jpeg.npz")
-    cases = [
-        (np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2), "shape"),
-        (np.zeros((2, 96, 96, 3), np.uint8), np.zeros(3), "2 images but 3 labels"),
-        (np.zeros((2, 96, 96, 3), np.uint8), np.array([0, 8]), "outside 0..7"),
-        (np.zeros((2, 96, 96, 3), np.uint8), np.eye(8)[:2], "shape"),
-        (np.full((2, 96, 96, 3), np.nan, np.float32), np.zeros(2), "NaN"),
-        (np.zeros((2, 96, 96, 3), np.uint8), np.array([0.5, 1]), "non-integer"),
-    ]
-    for images, labels, message in cases:
-        with pytest.raises(data.DataError, match=message):
-            data.validate(images, labels)
-
-
 def no_network(*args, **kwargs):
     raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
@@ -151,19 +102,6 @@ def test_the_backbone_weights_fail_before_the_data_is_read(monkeypatch, tmp_path
         train.train({**presets.PRESETS["tiny"], "backbone_weights": "imagenet"}, absent_data, tmp_path / "out")
 
 
-def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
-    out = tmp_path / "weights"
-    out.mkdir()
-    (out / "weights.npz").write_bytes(b"45 minutes of training")
-    args, config = presets.parse_args(["--preset", "tiny", "--out", str(out)])
-    with pytest.raises(SystemExit) as error:
-        train.train(config, tmp_path / "absent.npz", out, command=args.command)  # refused before the data is read
-    assert f"WEIGHTS={out}-2" in str(error.value) and "OVERWRITE=1" in str(error.value) and "--overwrite" in str(error.value)
-    assert (out / "weights.npz").read_bytes() == b"45 minutes of training"
-    with pytest.raises(data.DataError):  # --overwrite goes on, to the data
-        train.train(config, tmp_path / "absent.npz", out, overwrite=True, command=args.command)
-
-
 def test_every_folder_the_tools_write_or_suggest_is_ignored_by_git(tmp_path, monkeypatch):
     # what they hold is made from the training images: `git add .` must never pick it up
     if not (ROOT / ".git").exists():
@@ -181,6 +119,7 @@ def test_every_folder_the_tools_write_or_suggest_is_ignored_by_git(tmp_path, mon
                "runs/seed1/weights.npz", ".venv"]  # runs/: the README's ensembles
     run = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *written], capture_output=True, text=True)
     assert run.stdout.split() == written, f"not ignored: {sorted(set(written) - set(run.stdout.split()))}"
+
 
 def test_a_large_network_without_a_gpu_gets_one_line_of_advice(monkeypatch):
     network = model.build_network("MobileNetV3Small")
@@ -201,54 +140,6 @@ def test_the_epoch_clock_says_once_how_long_an_epoch_takes(monkeypatch, capsys):
         clock.on_train_batch_end(batch)
     out = capsys.readouterr().out
     assert out.count("an epoch takes about 10 minutes (50 steps)") == 1 and "PRESET=cpu" in out
-
-
-def test_importing_tensorflow_drops_the_cuda_plugin_lines():
-    run = subprocess.run([sys.executable, "-c", "import data"], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0 and "Unable to register" not in run.stderr
-
-
-HARMLESS_LINES = (b"E0000 cuda_dnn.cc:8454] Unable to register cuDNN factory: Attempting to register factory for plugin "
-                  b"cuDNN when one has already been registered\n"
-                  b"E tensorflow/core/util/util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512. "
-                  b"Falling back to the default Eigen-based implementation if present.\n"
-                  b"W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: Could not find TensorRT\n")
-
-
-def test_the_harmless_lines_filter_lets_every_other_line_through(capfd):
-    written = b"a real error\n" + HARMLESS_LINES + b"another\n"
-    assert data.without_harmless_lines(lambda: os.write(2, written) and 7) == 7
-    assert capfd.readouterr().err == "a real error\nanother\n"
-    assert data.drop_harmless(written.decode()) == "a real error\nanother\n"
-
-
-def run_our_program(folder, code):
-    """code run as a program of ours: a file beside data.py and model.py, as train.py is."""
-    folder.mkdir(exist_ok=True)
-    for name in ("data.py", "model.py"):
-        (folder / name).write_text((ROOT / name).read_text())
-    (folder / "program.py").write_text(code)
-    return subprocess.run([sys.executable, str(folder / "program.py")], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-
-
-def test_our_programs_drop_tensorflows_harmless_lines_while_they_run_and_nothing_else(tmp_path):
-    # the oneDNN line comes mid-run, from TensorFlow's C++ code (here a graph's int32 transpose), so the
-    # filter must stay on fd 2 after the import; the error line after it and the traceback must come out
-    run = run_our_program(tmp_path, "import os, sys\nimport data\ndata.quiet_tensorflow()\nimport tensorflow as tf\n"
-                                    "tf.function(tf.transpose)(tf.constant([[1, 2], [3, 4]]))\n"
-                                    f"os.write(2, {HARMLESS_LINES!r})\n"
-                                    "os.write(2, b'E a real error from C++\\n')\n"
-                                    "print('on stdout')\n"
-                                    "raise RuntimeError('a real failure')\n")
-    assert run.returncode == 1 and run.stdout == "on stdout\n"
-    for name in data.HARMLESS:  # no line of the plugins or the oneDNN check, at import or later
-        assert name not in run.stderr, run.stderr
-    assert run.stderr.startswith("E a real error from C++\nTraceback")  # in order, every line of it
-    assert run.stderr.endswith("RuntimeError: a real failure\n")
-    # a crash leaves no time to flush anything: the line before it still comes out
-    crash = run_our_program(tmp_path, "import os\nimport data\ndata.quiet_tensorflow()\nos.write(2, b'F a fatal check failed\\n')\nos.abort()\n")
-    assert crash.returncode != 0 and crash.stderr == "F a fatal check failed\n"
 
 
 def test_a_width_or_a_backbone_without_imagenet_weights_says_to_train_from_scratch(monkeypatch):
@@ -357,6 +248,28 @@ def test_zero_epochs_of_both_phases_write_the_untrained_network(learnable_npz, t
     assert json.loads((tmp_path / "split.json").read_text())["trained_epochs"] == 0  # what make submission warns of
 
 
+@pytest.mark.slow
+def test_editing_the_code_while_it_trains_does_not_break_the_run(learnable_npz, tmp_path):
+    # TensorFlow reads a function's source from its file when it first traces it: phase 2's corruptions,
+    # traced when phase 2 began, then read lines an edit had moved, and the run crashed
+    code = tmp_path / "code"
+    code.mkdir()
+    for name in ("train.py", "augment.py", "checkpoint.py", "model.py", "data.py", "outliers.py", "submission.py"):
+        shutil.copy(ROOT / name, code / name)
+    out = tmp_path / "weights"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = subprocess.Popen([sys.executable, str(code / "train.py"), "--data", str(learnable_npz), "--preset", "tiny",
+                            "--phase1-epochs", "3", "--phase2-epochs", "2", "--corrupt-p", "0.5", "--out", str(out), "--keep-outliers"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    while run.poll() is None and not latest_checkpoint(out):  # phase 1 trains
+        time.sleep(0.2)
+    source = (code / "augment.py").read_text()  # a user edits a helper near the top: every line below moves down
+    (code / "augment.py").write_text(source.replace("\ndef make_dataset(", "\n# edited\n# while\n# training\ndef make_dataset(", 1))
+    log = run.communicate()[0]
+    assert run.returncode == 0, log[-3000:]
+    assert (out / "weights.npz").is_file()
+
+
 class Answers:
     """Stands for a network in save_weights: it predicts the labels given, and stores one weight."""
     def __init__(self, predicted):
@@ -390,16 +303,6 @@ def test_float16_ships_when_it_gets_as_many_check_images_right_within_one(turned
     assert precision["why"].startswith(f"{shipped}: ")
     assert f"{np.sum(float16 == labels)} of 1000 validation images right, float32 900" in precision["why"]
     assert f"{precision['why']})" in capsys.readouterr().out  # the log line says it
-
-
-def test_make_submission_says_which_precision_each_run_ships_in(tmp_path):
-    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
-    for run, why in zip(runs, ("float16: as float32 within one image", "float32: more than one image apart")):
-        run.mkdir()
-        (run / "split.json").write_text(json.dumps({"precision": {"dtype": why[:7], "why": why}}))
-    assert submission.precision(runs[:1]) == "float16: as float32 within one image"
-    assert submission.precision(runs) == (f"{runs[0]}: float16: as float32 within one image; {runs[1]}: float32: more "
-                                          f"than one image apart; {runs[2]}: precision not recorded (an older train.py)")
 
 
 def epoch(phase, val_loss, val_accuracy):
@@ -463,164 +366,6 @@ def test_the_history_marks_the_epoch_kept_and_where_the_run_was_resumed(tmp_path
         assert list(kept.get_xdata()) == [4] and list(kept.get_ydata()) == [rows[3][metric]]  # phase 2's best loss
         assert list(handles[labels.index("resumed")].get_xdata()) == [3.5, 3.5]  # after the third epoch
         assert list(handles[labels.index("phase 2 begins")].get_xdata()) == [2.5, 2.5]
-
-
-def test_the_same_seed_gives_the_same_cleaning_and_split():
-    images, labels = learnable_images(480)
-    images[::40] = images[7]  # a picture pasted twelve times under several labels: cleaning has work to do
-    config = {**presets.PRESETS["tiny"], "max_images": None}
-    a = data.split_data(images, labels, config, seed=3)
-    b = data.split_data(images, labels, config, seed=3)
-    assert len(a[3]["outliers"]) >= 12 and a[3] == b[3]
-    for x, y in zip(a[:3], b[:3]):
-        np.testing.assert_array_equal(x, y)
-
-
-def test_command_line_options_change_only_their_own_preset_values():
-    _, config = presets.parse_args(["--preset", "cpu", "--backbone", "MobileNetV3Large", "--width", "0.75",
-                                  "--input-size", "80", "--phase1-epochs", "3", "--clean-share", "0.25", "--corrupt-p", "0.3"])
-    changed = {key for key in config if config[key] != presets.PRESETS["cpu"][key]}
-    assert changed == {"backbone", "width", "input_size", "phase1_epochs", "clean_share", "corrupt_p"}
-    assert (config["backbone"], config["width"], config["input_size"], config["phase1_epochs"]) == ("MobileNetV3Large", 0.75, 80, 3)
-    assert (config["clean_share"], config["corrupt_p"]) == (0.25, (0.0, 0.3))  # --corrupt-p: phase 2's share
-    falling = presets.parse_args(["--preset", "cpu", "--clean-share", "0.5", "0"])[1]["clean_share"]
-    assert falling == (0.5, 0.0)  # phase 2's first and last epoch's
-    assert presets.parse_args(["--preset", "cpu", "--phase1-input-size", "48"])[1]["phase1_input_size"] == 48
-    loss_and_rate = presets.parse_args(["--preset", "cpu", "--focal-gamma", "1.5", "--learning-rate", "4e-3", "--label-smoothing", "0",
-                                      "--weight-decay", "0.05", "--ema-momentum", "0.998", "--patience", "0"])[1]
-    assert (loss_and_rate["focal_gamma"], loss_and_rate["learning_rate"], loss_and_rate["label_smoothing"],
-            loss_and_rate["weight_decay"], loss_and_rate["ema_momentum"], loss_and_rate["patience"]) == (1.5, 4e-3, 0.0, 0.05, 0.998, 0)
-    assert presets.PRESETS["cpu"]["balance_classes"] and not presets.parse_args(["--preset", "cpu", "--no-balance-classes"])[1]["balance_classes"]
-
-
-def test_every_flag_sets_the_preset_key_it_is_named_after():
-    for key in presets.FLAGS:
-        assert key in presets.BASE or key in presets.FINE_TUNING, key
-    _, config = presets.parse_args(["--preset", "seed", "--phase2-epochs", "4", "--unfreeze", "20", "--batch-size", "8"])
-    assert (config["phase2_epochs"], config["unfreeze"], config["batch_size"]) == (4, 20, 8)
-
-
-def test_the_flags_of_older_versions_still_work():
-    _, config = presets.parse_args(["--preset", "cpu", "--epochs-head", "3", "--epochs-finetune", "4", "--lr-head", "1e-3",
-                                  "--head-input-size", "48"])
-    assert (config["phase1_epochs"], config["phase2_epochs"], config["learning_rate"], config["phase1_input_size"]) == (3, 4, 1e-3, 48)
-    assert not {"epochs_head", "epochs_finetune", "lr_head", "head_input_size"} & set(config)
-
-
-def test_presets_carry_only_the_keys_they_use():
-    assert set(presets.PRESETS["seed"]) == set(presets.BASE) | set(presets.FINE_TUNING)
-    for name in ("tiny", "cpu"):  # from random weights: nothing to fine-tune
-        assert presets.PRESETS[name]["backbone_weights"] == "none" and set(presets.PRESETS[name]) == set(presets.BASE)
-
-
-@pytest.mark.parametrize("refused", [
-    ["--width", "0"], ["--input-size", "16"], ["--phase1-input-size", "16"], ["--head-input-size", "16"],  # too small
-    ["--clean-share", "1.5"], ["--clean-share", "0.5", "-1"], ["--corrupt-p", "-0.1"],  # not shares
-    ["--clean-share", "0.5", "0.2", "0"],  # a line needs two ends, no more
-    ["--learning-rate", "0"], ["--lr-head", "0"], ["--learning-rate", "nan"], ["--focal-gamma", "-1"],  # no rate; no focal loss
-    ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],  # no label left; not a share
-    ["--weight-decay", "-1e-4"],  # a decay that grows the weights
-    ["--ema-momentum", "1"], ["--ema-momentum", "-0.1"],  # an average that never moves; not a momentum
-    ["--phase1-epochs", "-1"], ["--phase2-epochs", "-2"], ["--epochs-head", "-1"], ["--unfreeze", "-1"], ["--patience", "-1"],  # no negative counts
-    ["--batch-size", "0"], ["--phase1-epochs", "1.5"],  # no empty batch; not a count
-])
-def test_out_of_range_values_are_refused_naming_the_flag_in_one_line(refused, capsys):
-    with pytest.raises(SystemExit):
-        presets.parse_args(["--preset", "cpu", *refused])
-    error = capsys.readouterr().err.splitlines()
-    assert len(error) == 1 and refused[0] in error[0] and "--help lists every option" in error[0]  # no usage above it
-
-
-def test_help_shows_each_presets_purpose_and_every_default(capsys):
-    with pytest.raises(SystemExit):
-        presets.parse_args(["--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for name, about in presets.ABOUT.items():
-        assert f"{name} {about}" in text
-    assert "(seed 20, tiny 8, cpu 36)" in text and "(default: weights)" in text
-    phase1 = text.rsplit("--phase1-epochs N", 1)[1].split("--phase2-epochs")[0]
-    assert "random weights: the whole network" in phase1  # frozen only where a pretrained backbone is
-
-
-def spared(batch, originals):
-    """Per image: True when it was only flipped or turned (the same pixels, rearranged)."""
-    def pixels(x):
-        return np.sort(np.asarray(x, np.float32).reshape(len(x), -1), axis=1)
-    return np.abs(pixels(batch) - pixels(originals)).max(axis=1) < 1e-3
-
-
-def test_test_set_like_corruptions_keep_shape_and_range_in_the_pipeline():
-    images, labels = learnable_images(64)
-    augment_fn = augment.make_augment(presets.PRESETS["tiny"], seed=0, corrupt_p=0.5)
-    batch = next(iter(augment.make_dataset(images, labels, 64, augment_fn)))[0].numpy()
-    assert batch.shape == images.shape and batch.dtype == np.float32
-    assert batch.min() >= 0 and batch.max() <= 255
-
-
-def test_corruptions_alter_every_image_at_p_1_and_only_rearrange_pixels_at_p_0():
-    images = learnable_images(32)[0]
-    plain = tf.constant(images, tf.float32)
-    changed = np.abs(augment.corrupt_like_a_test_set(plain, 1.0).numpy() - images).mean(axis=(1, 2, 3))
-    assert (changed > 5).all()
-    # p = 0 leaves only the flips and right-angle rotations: the same pixels, rearranged
-    assert spared(augment.corrupt_like_a_test_set(plain, 0.0).numpy(), images).all()
-
-
-def test_a_clean_share_of_the_images_is_spared_every_corruption():
-    images = np.repeat(learnable_images(64)[0], 8, axis=0).astype(np.float32)  # 512 images
-    half = spared(augment.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.5).numpy(), images)
-    assert 0.4 < half.mean() < 0.6  # the rest carry all thirteen corruptions (p = 1)
-    assert spared(augment.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=1.0).numpy(), images).all()
-    assert not spared(augment.corrupt_like_a_test_set(tf.constant(images), 1.0, clean_share=0.0).numpy(), images).any()
-
-
-def test_a_falling_clean_share_reaches_the_pipeline_at_each_epochs_start():
-    config = {**presets.PRESETS["cpu"], "phase2_epochs": 5, "clean_share": [0.8, 0.0]}  # a list, as JSON gives it back
-    assert [round(augment.clean_share_at(config, e), 6) for e in range(6)] == [0.8, 0.6, 0.4, 0.2, 0.0, 0.0]
-    assert augment.clean_share_at({**config, "clean_share": 0.3}, 4) == 0.3  # one number: the same throughout
-    images, labels = learnable_images(1)
-    images, labels = np.repeat(images, 256, axis=0), np.repeat(labels, 256)  # one picture: no need to undo the shuffle
-    share = tf.Variable(0.0, trainable=False)
-    follow = augment.follow_clean_share({**config, "clean_share": [1.0, 0.0]}, share)
-    corrupt = augment.make_augment({**config, "augment_ops": 0}, seed=0, corrupt_p=1.0, clean_share=share)  # no RandAugment
-    dataset = augment.make_dataset(images, labels, 256, corrupt)  # built once, as fit() gets it
-    for epoch, expected in ((0, 1.0), (2, 0.5), (4, 0.0)):
-        follow.on_epoch_begin(epoch)
-        assert abs(spared(next(iter(dataset))[0].numpy(), images).mean() - expected) < 0.1
-
-
-def test_mixup_and_cutmix_weigh_each_label_by_the_pixels_its_image_gives():
-    x = np.zeros((512, 96, 96, 3), np.float32)
-    x[:256] = 255.0  # class 0 white, class 1 black: an image's white share is what it holds of class 0
-    y = tf.one_hot(np.repeat([0, 1], 256), augment.NUM_CLASSES)
-    for mix in (augment.mixup, augment.cutmix):
-        images, labels = (t.numpy() for t in mix(tf.constant(x), y))
-        white = images.mean(axis=(1, 2, 3)) / 255
-        np.testing.assert_allclose(labels[:, 0], white, atol=1e-5)
-        np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
-        assert 0.2 < np.mean((white > 0.01) & (white < 0.99)) < 0.8  # about half meet a partner of the other class
-    # CutMix pastes one box (a square, clipped at the edges): the partner's pixels fill their bounding box
-    images = augment.cutmix(tf.constant(x), y)[0].numpy()[..., 0]
-    for i in np.nonzero((images.mean(axis=(1, 2)) > 1) & (images.mean(axis=(1, 2)) < 254))[0][:50]:
-        pasted = images[i] == (0 if i < 256 else 255)
-        rows, cols = np.nonzero(pasted)
-        assert pasted[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
-
-
-def test_change_some_changes_a_share_p_of_the_images_and_leaves_the_rest_untouched():
-    x = tf.random.uniform([2000, 4, 4, 3], 0, 255)
-    seen = []  # how many images the change was computed on: only those it hits
-    changed = augment.change_some(x, 0.3, lambda some: seen.append(int(tf.shape(some)[0])) or some + 1000.0).numpy()
-    hit = (changed > 255).all(axis=(1, 2, 3))
-    assert 0.25 < hit.mean() < 0.35 and seen == [hit.sum()]
-    np.testing.assert_array_equal(changed[hit], x.numpy()[hit] + 1000.0)
-    np.testing.assert_array_equal(changed[~hit], x.numpy()[~hit])
-    one_each = np.where(np.arange(2000) < 1000, 0.0, 1.0).astype(np.float32)  # or one p for each image
-    np.testing.assert_array_equal(augment.change_some(x, one_each, lambda some: some + 1000.0).numpy().max(axis=(1, 2, 3)) > 255,
-                                  one_each == 1)
-    chosen = np.arange(2000) % 7 == 0  # or exactly the images a mask names
-    np.testing.assert_array_equal(augment.change_some(x, 0.3, lambda some: some * 0, hit=chosen).numpy().max(axis=(1, 2, 3)) == 0,
-                                  chosen)
 
 
 def test_schedules_warm_up_for_one_epoch_then_decay_or_restart():
