@@ -197,14 +197,14 @@ def planted_set(seed=0, n_clean=300):
     return np.stack(images), np.array(labels, np.int64), where
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one outlier search for every file that asks
 def planted():
     images, labels, where = planted_set()
     return images, labels, where, find_outliers(images, labels)
 
 
 def run_cli(monkeypatch, *args):
-    """outliers.py's command line, run in this process (TensorFlow, which data.py imports, loads once)."""
+    """outliers.py's command line, run in this process (TensorFlow loads once)."""
     monkeypatch.setattr(sys, "argv", ["outliers.py", *map(str, args)])
     outliers.main()
 
