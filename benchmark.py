@@ -107,7 +107,7 @@ def speed(backbone, weights, n, repeats):
 def train_speed(preset, n, repeats, changes, training_images=11071):  # the shared data's training part after cleaning
     """Median training images per second of each phase of a preset (with changes to its
     architecture), on n noise images, and the projected time."""
-    config = {**PRESETS[preset], **changes}
+    config = {**PRESETS[preset], **changes, "backbone_weights": "none"}  # timed from random weights: nothing to download
     sizes = train.input_sizes(config)
     pixels = sizes[1] if sizes[0] == sizes[1] else f"{sizes[0]} then {sizes[1]}"
     name = f"{preset} ({config['backbone']} of width {config['width']} at {pixels} px)"
@@ -117,8 +117,8 @@ def train_speed(preset, n, repeats, changes, training_images=11071):  # the shar
     minutes, steps = 0.0, n // config["batch_size"]
     for phase, epochs in enumerate((config["phase1_epochs"], config["phase2_epochs"])):
         # train.py's own network, optimizer, learning rate and pipeline, on noise
-        network = train.create_network({**config, "input_size": sizes[phase], "backbone_weights": "none"})
-        learning_rate = train.plan({**config, "backbone_weights": "none"}, steps)[f"phase{phase + 1}_rate"]
+        network = train.create_network({**config, "input_size": sizes[phase]})
+        learning_rate = train.plan(config, steps)[f"phase{phase + 1}_rate"]
         train.compile_network(network, learning_rate, config, train.class_weights(labels))
         dataset = train.training_set(config, images, labels, config["batch_size"], 0, phase).repeat()
         # one iterator for all epochs, as in a real epoch of hundreds of steps: the augmentation

@@ -225,10 +225,10 @@ def resumed(state, config):
     """A resumed run's config and seed: the checkpoint's own, with today's key names; settings added
     since come from config (the preset and flags given now). Marks where it resumed, for history.png."""
     saved = with_todays_names(state["config"])
-    predates = [key for key in make_config(config) if key not in saved]
+    state["config"] = make_config(config, saved=saved)
+    predates = [key for key in state["config"] if key not in saved]
     if predates:
         log(f"the checkpoint predates {', '.join(predates)}: from the preset and flags given now")
-    state["config"] = make_config(config, saved=saved)
     state.setdefault("resumed_at", []).append(len(state["history"]))  # epochs done before it
     log(f"resuming from {phase_name(state['phase'])} epoch {state['epoch']}")
     return state["config"], state["seed"]
