@@ -176,10 +176,10 @@ def arrays(path):
         return [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
 
-def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=None, follow=()):
+def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=None, follow=(), keep_last=False):
     """fit() from the checkpoint's epoch on, with early stopping after config["patience"] epochs
-    without a better validation loss (0: none), ending with the best epoch's weights either way
-    (and the callbacks in follow, which keep no state of their own)."""
+    without a better validation loss (0: none), ending with the best epoch's weights either way, or
+    with keep_last the last epoch's, unstopped (and the callbacks in follow, which keep no state of their own)."""
     start, phase = checkpoint.state["epoch"], phase_name(checkpoint.state["phase"])
     if checkpoint.state.get("stopped") or start >= epochs:  # killed after early stopping, or no epochs asked for
         log(f"{phase}: no epochs left of {epochs}")
@@ -188,8 +188,8 @@ def run_phase(network, epochs, train_ds, val_ds, checkpoint, config, plateau=Non
     log(f"{phase}: epochs {start + 1} to {epochs}, {trainable:,} trainable parameters")
     # patience 0: no early stopping, the phase runs all its epochs (on a random start's one learning-rate
     # curve, validation is noisy while the rate is high) and still ends with its best epoch's weights
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"] or epochs,
-                                         restore_best_weights=True, verbose=1)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"] or epochs, restore_best_weights=True,
+                                         start_from_epoch=epochs - 1 if keep_last else 0, verbose=1)
     checkpoint.watched = {"early_stopping": stop, **({"plateau": plateau} if plateau else {})}
     # with weight averaging, validation scores the average, and at each epoch's end the average goes
     # into the network before early stopping keeps the best one: the phase ends with the best average

@@ -20,6 +20,7 @@ BASE = dict(
     batch_size=32, augment_ops=3, augment_magnitude=0.5, corrupt_p=(0.0, 0.0), clean_share=0.0, mix="none",
     colour_p=0.0, randconv_p=0.0, apr_p=0.0,
     focal_gamma=2.0, balance_classes=True, label_smoothing=0.0, weight_decay=1e-4, ema_momentum=0.0,
+    swa_epochs=0, swa_rate=0.2,
     phase1_epochs=20, learning_rate=1e-4, phase2_epochs=30, patience=5,
 )
 # a pretrained backbone's fine-tuning, which random weights skip: phase 1's rate cut on plateaus, then
@@ -119,6 +120,11 @@ FLAGS = {  # preset key: its flag's argparse settings; --phase1-epochs sets phas
     "ema_momentum": dict(type=checked(float, lambda x: 0 <= x < 1, "from 0 (no average) to below 1"),
                          help="validate and keep a moving average of the weights with this momentum (0.998: over "
                               "about 500 steps); 0: none"),
+    "swa_epochs": dict(type=COUNT, help="phase 2's last N epochs at a constant rate (--swa-rate), ending with the mean of "
+                                        "the weights of each of their steps, BatchNorm's statistics then recomputed for it "
+                                        "(stochastic weight averaging); 0: none"),
+    "swa_rate": dict(type=checked(float, lambda x: 0 < x <= 1, "a share of the peak rate, above 0 and at most 1"),
+                     help="the rate --swa-epochs holds, as a share of the curve's peak"),
     "patience": dict(type=COUNT, help="epochs without a better validation loss before a phase stops early; 0: "
                                       "never. The best epoch is kept either way"),
     "mix": dict(help="mix each training batch's images and labels in pairs: MixUp or CutMix"),
@@ -181,8 +187,13 @@ def parse_args(argv=None, description=None):
     args = p.parse_args(argv)
     if args.clean_share is not None and len(args.clean_share) > 2:
         p.error(f"--clean-share {' '.join(map(str, args.clean_share))}: one share, or two (phase 2's first and last epoch's)")
+    config = make_config(args.preset, {key: getattr(args, key) for key in FLAGS})
+    if config["swa_epochs"] > config["phase2_epochs"]:
+        p.error(f"--swa-epochs {config['swa_epochs']}: phase 2 has {config['phase2_epochs']} epochs; average at most that many")
+    if config["swa_epochs"] and config["ema_momentum"]:
+        p.error("--swa-epochs and --ema-momentum are two ways of averaging the weights: choose one")
     args.command = Command(args.preset, args.data, args.out, without(argv, {"--data", "--preset", "--out", "--resume", "--overwrite"}))
-    return args, make_config(args.preset, {key: getattr(args, key) for key in FLAGS})
+    return args, config
 
 
 MAKE_DEFAULTS = {"PRESET": "seed", "DATA": "data/training_set.npz", "WEIGHTS": "weights",

@@ -95,12 +95,15 @@ def train(config, data_path, out, seed=0, keep_outliers=False, strategy=None, re
         if sizes[0] != sizes[1]:
             network = network_at(sizes[1])
     phase2(network, config, how, checkpoint, sets, weights, strategy, [follow_clean_share(config, clean_share), *clock])
+    if config["swa_epochs"]:
+        refresh_batchnorm(network, sets["phase 2"])
+        log(f"the weights' average, BatchNorm refreshed: validation accuracy {network.evaluate(sets['validation'], verbose=0)[1]:.4f}")
 
     # 5. the finished run: weights, split and history renamed into place, then the checkpoint goes
     precision = save_weights(network, config, out / "weights.npz", images[val_idx], labels[val_idx])
     data.save_split(out, state["split"], config=config, preset=state.get("preset"),
                     trained_epochs=len(state["history"]), precision=precision)
-    save_history(state["history"], out, state.get("resumed_at", ()))
+    save_history(state["history"], out, state.get("resumed_at", ()), keep_last=config["swa_epochs"] > 0)
     checkpoint.remove(then_stop=False)  # the run is complete: a Ctrl-C now changes nothing
     return state["history"]
 
@@ -110,7 +113,7 @@ def phase1(network, config, how, checkpoint, sets, weights, strategy, follow):
     with strategy.scope():
         if how["pretrained"]:
             backbone_of(network).trainable = False
-        compile_network(network, how["phase1_rate"], config, weights)
+        compile_network(network, how["phase1_rate"], config, weights, how["phase1_average_from"])
         if checkpoint.state["epoch"] > 0:
             checkpoint.restore(network)  # in the scope: AdamW's variables are built here
     run_phase(network, config["phase1_epochs"], sets["phase 1"], sets["validation"], checkpoint, config, how["plateau"],
@@ -125,9 +128,10 @@ def phase2(network, config, how, checkpoint, sets, weights, strategy, follow):
     with strategy.scope():
         if how["pretrained"]:
             unfreeze_top(network, config["unfreeze"])
-        compile_network(network, how["phase2_rate"], config, weights)
+        compile_network(network, how["phase2_rate"], config, weights, how["phase2_average_from"])
         checkpoint.restore(network)  # from scratch, AdamW's state too: its step count carries the curve on
-    run_phase(network, config["phase2_epochs"], sets["phase 2"], sets["validation"], checkpoint, config, follow=follow)
+    run_phase(network, config["phase2_epochs"], sets["phase 2"], sets["validation"], checkpoint, config, follow=follow,
+              keep_last=config["swa_epochs"] > 0)
 
 
 def pipelines(config, images, labels, train_idx, val_idx, batch_size, seed):
@@ -242,6 +246,21 @@ def create_network(config, command=None):
     return network
 
 
+def refresh_batchnorm(network, batches):
+    """BatchNorm's moving statistics recomputed for the averaged weights, as the plain mean over one pass
+    of batches (SWA's bn_update): those kept in training belong to the weights of each step. Frozen
+    BatchNorm layers (a pretrained backbone's) keep theirs."""
+    layers = [layer for layer in (*network.layers, *backbone_of(network).layers)
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    momenta = [layer.momentum for layer in layers]
+    for k, (x, _) in enumerate(batches):
+        for layer in layers:
+            layer.momentum = k / (k + 1)  # the first batch's statistics replace the old ones; then a running mean
+        network(x, training=True)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
 def unfreeze_top(network, n):
     """Make the pretrained backbone's top n layers trainable, BatchNormalization layers excepted.
 
@@ -254,12 +273,15 @@ def unfreeze_top(network, n):
         layer.trainable = i >= len(backbone.layers) - n and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def compile_network(network, learning_rate, config, weights):
+def compile_network(network, learning_rate, config, weights, average_from=None):
     # ema_momentum above 0: AdamW also keeps an exponential moving average of the weights, which
-    # validation sees and each phase ends with (run_phase)
+    # validation sees and each phase ends with (run_phase); swa_epochs: the plain mean from step average_from
     averaging = config["ema_momentum"] > 0
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"],
-                                       use_ema=averaging, ema_momentum=config["ema_momentum"] if averaging else 0.99)
+    if average_from is not None:
+        optimizer = AveragingAdamW(average_from, learning_rate=learning_rate, weight_decay=config["weight_decay"])
+    else:
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"],
+                                           use_ema=averaging, ema_momentum=config["ema_momentum"] if averaging else 0.99)
     # decay only the kernels, as the AdamW recipes do: BatchNorm's scales and offsets and the biases
     # are few, and not what overfits
     optimizer.exclude_from_weight_decay(var_list=[v for v in network.weights if len(v.shape) <= 1])
@@ -270,37 +292,63 @@ def compile_network(network, learning_rate, config, weights):
         metrics=["accuracy"])
 
 
-def warm_cosine(peak, epochs, steps_per_epoch):
+class AveragingAdamW(keras.optimizers.AdamW):
+    """AdamW whose average (use_ema's, swapped in by run_phase) is the plain mean of the weights after
+    every step from step average_from on, and the weights themselves before it: stochastic weight
+    averaging (Izmailov et al. 2018), over every step rather than once an epoch, as SWAD (Cha et al.
+    2021) found better for unseen domains."""
+
+    def __init__(self, average_from, **kwargs):
+        super().__init__(use_ema=True, **kwargs)
+        self.average_from = average_from
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        averaged = keras.ops.cast(self.iterations - self.average_from, "float32")  # steps in the mean before this one
+        momentum = keras.ops.maximum(averaged, 0.0) / keras.ops.maximum(averaged + 1.0, 1.0)
+        for weight, average in zip(trainable_variables, self._model_variables_moving_average):
+            average.assign(momentum * average + (1.0 - momentum) * weight)
+
+
+def warm_cosine(peak, epochs, steps_per_epoch, hold=0, floor=0.0):
     """An epoch of linear warm-up from peak / 100 (a fresh AdamW's first steps are its largest),
-    then one cosine decay to zero by the end of the last epoch."""
+    then one cosine decay to zero by the end of the last epoch; or, with hold epochs, to floor * peak
+    by the end of epoch epochs - hold, held there to the end."""
     return keras.optimizers.schedules.CosineDecay(
-        peak / 100, decay_steps=max(epochs - 1, 1) * steps_per_epoch, warmup_target=peak, warmup_steps=steps_per_epoch)
+        peak / 100, decay_steps=max(epochs - hold - 1, 1) * steps_per_epoch, alpha=floor if hold else 0.0,
+        warmup_target=peak, warmup_steps=steps_per_epoch)
 
 
 def finetune_schedule(config, steps_per_epoch):
     """Phase 2's learning rate on a pretrained backbone: cosine decay with restarts every
-    restart_epochs, or, when that is None, one warm_cosine over the phase."""
-    if config["restart_epochs"]:
+    restart_epochs, or, when that is None or the weights are averaged, one warm_cosine over the phase."""
+    if config["restart_epochs"] and not config["swa_epochs"]:
         return keras.optimizers.schedules.CosineDecayRestarts(
             config["phase2_learning_rate"], first_decay_steps=config["restart_epochs"] * steps_per_epoch)
-    return warm_cosine(config["phase2_learning_rate"], config["phase2_epochs"], steps_per_epoch)
+    return warm_cosine(config["phase2_learning_rate"], config["phase2_epochs"], steps_per_epoch, config["swa_epochs"],
+                       config["swa_rate"])
 
 
 def from_scratch_schedule(config, steps_per_epoch):
     """A random start's learning rate: one warm_cosine from learning_rate over both phases, which share
     one AdamW, so that phase 2 goes on down the same curve instead of starting again at the top."""
-    return warm_cosine(config["learning_rate"], config["phase1_epochs"] + config["phase2_epochs"], steps_per_epoch)
+    return warm_cosine(config["learning_rate"], config["phase1_epochs"] + config["phase2_epochs"], steps_per_epoch,
+                       config["swa_epochs"], config["swa_rate"])
 
 
 def plan(config, steps_per_epoch):
     """What a pretrained backbone and a random start do differently, decided here once. Pretrained:
     phase 1 trains the head on the frozen backbone at learning_rate, cut on plateaus; phase 2 its top
     `unfreeze` layers with a new AdamW. Random: nothing to protect, so the whole network trains from
-    the first step on one AdamW and one learning-rate curve; phase 2 only adds the corruptions."""
+    the first step on one AdamW and one learning-rate curve; phase 2 only adds the corruptions.
+    With swa_epochs, each phase's AdamW counts the step from which its average begins (None: no average)."""
+    swa = config["swa_epochs"]
     if config["backbone_weights"] == "none":
         curve = from_scratch_schedule(config, steps_per_epoch)
-        return dict(pretrained=False, phase1_rate=curve, phase2_rate=curve, plateau=None)
+        average_from = (config["phase1_epochs"] + config["phase2_epochs"] - swa) * steps_per_epoch if swa else None
+        return dict(pretrained=False, phase1_rate=curve, phase2_rate=curve, plateau=None,
+                    phase1_average_from=average_from, phase2_average_from=average_from)
     return dict(pretrained=True, phase1_rate=config["learning_rate"], phase2_rate=finetune_schedule(config, steps_per_epoch),
+                phase1_average_from=None, phase2_average_from=(config["phase2_epochs"] - swa) * steps_per_epoch if swa else None,
                 plateau=keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=config["plateau_patience"]))
 
 
@@ -337,17 +385,20 @@ def float16_verdict(labels, float32_predicted, float16_predicted):
     return False, f"float32: float16 gets {counts}, more than one image apart"
 
 
-def kept_epoch(rows):
+def kept_epoch(rows, keep_last=False):
     """The index in rows of the epoch whose weights the run ends with, or None for no epochs: the best
-    validation loss of the last phase that trained (early stopping's: the first of equals, never NaN)."""
+    validation loss of the last phase that trained (early stopping's: the first of equals, never NaN),
+    or with keep_last (a weight average's run) its last epoch."""
     last = [i for i, row in enumerate(rows) if row["phase"] == rows[-1]["phase"]] if rows else []
+    if keep_last and last:
+        return last[-1]
     scored = [i for i in last if math.isfinite(float(rows[i].get("val_loss", "nan")))]
     return min(scored, key=lambda i: float(rows[i]["val_loss"])) if scored else (last[-1] if last else None)
 
 
-def save_history(rows, out, resumed_at=()):
-    """history.csv (one row per epoch, both phases) and history.png (the curves, the epoch the run kept,
-    and where it was resumed: after resumed_at's numbers of epochs)."""
+def save_history(rows, out, resumed_at=(), keep_last=False):
+    """history.csv (one row per epoch, both phases) and history.png (the curves, the epoch the run kept
+    (kept_epoch's), and where it was resumed: after resumed_at's numbers of epochs)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, list(dict.fromkeys(["phase", "epoch", *(k for row in rows for k in row)])))
     writer.writeheader()
@@ -361,7 +412,7 @@ def save_history(rows, out, resumed_at=()):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     step = np.arange(1, len(rows) + 1)
     phase1_epochs = sum(r["phase"] == "head" for r in rows)
-    kept = kept_epoch(rows)
+    kept = kept_epoch(rows, keep_last)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.set_title(metric)
         if not rows:  # empty axes would look like a drawing that failed
@@ -387,9 +438,10 @@ def save_history(rows, out, resumed_at=()):
 def last_words(rows, out, command):
     """What a finished run ends with: the commands that follow, and for a bundle not worth uploading,
     a warning that says why and what to train instead."""
-    kept = kept_epoch(rows)
+    record = run_record(out)
+    kept = kept_epoch(rows, keep_last=record.get("config", {}).get("swa_epochs", 0) > 0)
     accuracy = rows[kept].get("val_accuracy") if kept is not None else None
-    reason = not_worth_uploading({out: run_record(out)}, accuracy, images="validation")
+    reason = not_worth_uploading({out: record}, accuracy, images="validation")
     if reason is None:
         return [f"next: {command.then('submission')} (the bundle to upload), then {command.then('evaluate')} "
                 "(accuracy on the held-out images, clean and corrupted)"]

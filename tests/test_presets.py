@@ -49,6 +49,8 @@ def test_presets_carry_only_the_keys_they_use():
     ["--label-smoothing", "1"], ["--label-smoothing", "-0.1"],  # no label left; not a share
     ["--weight-decay", "-1e-4"],  # a decay that grows the weights
     ["--ema-momentum", "1"], ["--ema-momentum", "-0.1"],  # an average that never moves; not a momentum
+    ["--swa-epochs", "73"], ["--swa-rate", "0"], ["--swa-rate", "1.5"],  # past phase 2's 72 epochs; no rate; past the peak
+    ["--swa-epochs", "4", "--ema-momentum", "0.99"],  # two averages of one set of weights
     ["--phase1-epochs", "-1"], ["--phase2-epochs", "-2"], ["--epochs-head", "-1"], ["--unfreeze", "-1"], ["--patience", "-1"],  # no negative counts
     ["--batch-size", "0"], ["--phase1-epochs", "1.5"],  # no empty batch; not a count
 ])

@@ -212,7 +212,7 @@ def test_progressive_resizing_trains_phase_1_smaller_and_phase_2_goes_on_from_it
         seen[-1] += (network.get_weights(),)
     monkeypatch.setattr(train, "run_phase", run_phase)
     drawn = []  # where history.png marks the resume
-    monkeypatch.setattr(train, "save_history", lambda rows, out, resumed_at: drawn.append(list(resumed_at)))
+    monkeypatch.setattr(train, "save_history", lambda rows, out, resumed_at, keep_last: drawn.append(list(resumed_at)))
     with pytest.raises(KeyboardInterrupt):
         train.train(config, learnable_npz, tmp_path, keep_outliers=True)
     train.train(config, learnable_npz, tmp_path, keep_outliers=True, resume=True)
@@ -366,6 +366,51 @@ def test_the_history_marks_the_epoch_kept_and_where_the_run_was_resumed(tmp_path
         assert list(kept.get_xdata()) == [4] and list(kept.get_ydata()) == [rows[3][metric]]  # phase 2's best loss
         assert list(handles[labels.index("resumed")].get_xdata()) == [3.5, 3.5]  # after the third epoch
         assert list(handles[labels.index("phase 2 begins")].get_xdata()) == [2.5, 2.5]
+
+
+def test_weight_averaging_holds_the_rate_then_its_average_is_the_mean_of_every_step_since():
+    steps, config = 10, {**presets.PRESETS["cpu"], "phase1_epochs": 2, "phase2_epochs": 4, "swa_epochs": 2}
+    how = train.plan(config, steps)
+    rates = [float(how["phase2_rate"](step)) for step in range(6 * steps)]
+    peak, floor = config["learning_rate"], config["learning_rate"] * config["swa_rate"]
+    assert rates[steps] == pytest.approx(peak) and all(a > b for a, b in pairwise(rates[steps:4 * steps + 1]))
+    assert rates[4 * steps:] == pytest.approx([floor] * 2 * steps)  # the last 2 epochs held at swa_rate of the peak
+    assert how["phase1_average_from"] == how["phase2_average_from"] == 4 * steps  # one AdamW over both phases
+    seed = train.plan({**presets.PRESETS["seed"], "swa_epochs": 2}, steps)  # phase 2's own AdamW; phase 1 not averaged
+    assert seed["phase1_average_from"] is None and seed["phase2_average_from"] == (presets.PRESETS["seed"]["phase2_epochs"] - 2) * steps
+    assert float(seed["phase2_rate"](steps)) > float(seed["phase2_rate"](5 * steps))  # no restarts while averaging
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.weights = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.weights.append([w.numpy() for w in self.model.trainable_weights])
+    network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="softmax")])
+    train.compile_network(network, 1e-2, presets.PRESETS["tiny"], [1.0] * 8, average_from=3)
+    rng = np.random.default_rng(0)
+    seen = Steps()
+    network.fit(rng.normal(size=(48, 4)), np.eye(8)[rng.integers(0, 8, 48)], batch_size=8, callbacks=[seen], verbose=0)
+    assert len(seen.weights) == 6
+    for k, average in enumerate(network.optimizer._model_variables_moving_average):
+        expected = np.mean([weights[k] for weights in seen.weights[3:]], axis=0)  # steps 3, 4 and 5, alike
+        np.testing.assert_allclose(average.numpy(), expected, rtol=1e-5, atol=1e-7)
+        assert not np.allclose(expected, seen.weights[-1][k], rtol=1e-3)
+
+
+def test_batchnorm_refresh_gives_the_mean_statistics_of_one_pass_and_spares_frozen_layers():
+    backbone = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.BatchNormalization()])
+    frozen = keras.layers.BatchNormalization(trainable=False)
+    network = keras.Sequential([keras.Input((6, 6, 3)), backbone, frozen, keras.layers.GlobalAveragePooling2D()])
+    frozen.moving_mean.assign([5.0, 6.0, 7.0])  # a pretrained backbone's statistics
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(k, 1 + k, size=(8, 6, 6, 3)).astype(np.float32), None) for k in range(3)]
+    train.refresh_batchnorm(network, batches)
+    refreshed = backbone.layers[0]
+    np.testing.assert_allclose(refreshed.moving_mean.numpy(), np.mean([x.mean((0, 1, 2)) for x, _ in batches], 0), rtol=1e-5)
+    np.testing.assert_allclose(refreshed.moving_variance.numpy(), np.mean([x.var((0, 1, 2)) for x, _ in batches], 0), rtol=1e-4)
+    assert refreshed.momentum == 0.99  # put back as it was (Keras' default)
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), [5.0, 6.0, 7.0])
 
 
 def test_schedules_warm_up_for_one_epoch_then_decay_or_restart():
