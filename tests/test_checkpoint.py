@@ -290,6 +290,37 @@ def test_weight_averaging_resumes_with_the_weights_in_training(tmp_path):
         np.testing.assert_allclose(average.numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_stochastic_weight_averaging_resumed_ends_with_the_mean_of_every_step_of_its_hold(tmp_path):
+    config = {**presets.PRESETS["tiny"], "swa_epochs": 2, "patience": 0}
+    def averaging():  # the mean from the second of three epochs on
+        network = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.Rescaling(1 / 255),
+                                    keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(8, activation="softmax")])
+        train.compile_network(network, 1e-2, config, [1.0] * 8, average_from=STEPS_PER_EPOCH)
+        return network
+    def die(epoch, logs=None):
+        if epoch == 2:
+            raise Killed()
+    rng = np.random.default_rng(0)
+    ds = augment.make_dataset(rng.integers(0, 256, (16 * STEPS_PER_EPOCH, 96, 96, 3), dtype=np.uint8),
+                              rng.integers(0, 8, 16 * STEPS_PER_EPOCH), 16)
+    checkpoint, before, after = Checkpoint(tmp_path / "killed"), RawWeights(), RawWeights()
+    checkpoint.state = {"phase": "finetune", "epoch": 0, "history": [], "callbacks": {}}
+    with pytest.raises(Killed):  # killed in the hold, after its first epoch's checkpoint
+        run_phase(averaging(), 3, ds, ds, checkpoint, config, follow=[before, keras.callbacks.LambdaCallback(on_epoch_begin=die)],
+                  keep_last=True)
+    resumed, reloaded = averaging(), Checkpoint(tmp_path / "killed")
+    reloaded.state = reloaded.load()
+    reloaded.restore(resumed)
+    run_phase(resumed, 3, ds, ds, reloaded, config, follow=[after], keep_last=True)
+    steps = before.steps + after.steps
+    assert len(steps) == 3 * STEPS_PER_EPOCH
+    for k, weight in enumerate(resumed.trainable_weights):
+        expected = np.mean([step[k] for step in steps[STEPS_PER_EPOCH:]], axis=0)  # both runs' steps of the hold, alike
+        np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-4, atol=1e-6)
+        assert not np.allclose(expected, steps[-1][k], rtol=1e-3)  # not the weights in training
+    assert reloaded.state["callbacks"]["early_stopping"]["best_epoch"] == 2  # the last epoch kept, whatever its loss
+
+
 def test_a_checkpoint_restores_the_optimizer_state_also_under_mirrored_strategy(tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     def compiled():
