@@ -126,7 +126,8 @@ FLAGS = {  # preset key: its flag's argparse settings; --phase1-epochs sets phas
     "swa_rate": dict(type=checked(float, lambda x: 0 < x <= 1, "a share of the peak rate, above 0 and at most 1"),
                      help="the rate --swa-epochs holds, as a share of the curve's peak"),
     "patience": dict(type=COUNT, help="epochs without a better validation loss before a phase stops early; 0: "
-                                      "never. The best epoch is kept either way"),
+                                      "never. The best epoch is kept either way; with --swa-epochs, phase 2 runs "
+                                      "to its end and keeps its last"),
     "mix": dict(help="mix each training batch's images and labels in pairs: MixUp or CutMix"),
     "corrupt_p": dict(type=SHARE, help="phase 2: each corruption's share of the images"),
     "colour_p": dict(type=SHARE, help="phase 2: each broad colour change's share of the images (hue turned anywhere, "
