@@ -276,10 +276,10 @@ def unfreeze_top(network, n):
 def compile_network(network, learning_rate, config, weights, average_from=None):
     # ema_momentum above 0: AdamW also keeps an exponential moving average of the weights, which
     # validation sees and each phase ends with (run_phase); swa_epochs: the plain mean from step average_from
-    averaging = config["ema_momentum"] > 0
     if average_from is not None:
         optimizer = AveragingAdamW(average_from, learning_rate=learning_rate, weight_decay=config["weight_decay"])
     else:
+        averaging = config["ema_momentum"] > 0
         optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config["weight_decay"],
                                            use_ema=averaging, ema_momentum=config["ema_momentum"] if averaging else 0.99)
     # decay only the kernels, as the AdamW recipes do: BatchNorm's scales and offsets and the biases

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 
 data.quiet_tensorflow()  # as our programs do: without the lines TensorFlow prints that are errors in name only
+import keras  # noqa: E402
 import model  # noqa: E402
 import outliers  # noqa: E402
 from outliers import find_outliers  # noqa: E402
@@ -214,6 +215,15 @@ def latest_checkpoint(out):
     if not pointer.is_file():
         return None
     return json.loads((out / "checkpoint" / json.loads(pointer.read_text())["folder"] / "state.json").read_text())
+
+
+class RawWeights(keras.callbacks.Callback):
+    """The weights in training after every step (SwapEMAWeights swaps only at an epoch's end)."""
+    def on_train_begin(self, logs=None):
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([w.numpy() for w in self.model.trainable_weights])
 
 
 class Killed(BaseException):

@@ -18,7 +18,7 @@ import model
 import presets
 import train
 from checkpoint import Checkpoint, Stopped, run_phase, stopping_cleanly
-from conftest import ROOT, Killed, latest_checkpoint
+from conftest import ROOT, Killed, RawWeights, latest_checkpoint
 
 
 def run_train(data_path, out, *flags):
@@ -211,15 +211,6 @@ def test_the_cpu_preset_runs_every_epoch_of_its_learning_rate_curve(tmp_path):
     # never anneals. On noise val_loss never improves, which stops any patience short of the phase.
     checkpoint = phase_on_noise(tmp_path, epochs=12, patience=presets.PRESETS["cpu"]["patience"])
     assert len(checkpoint.state["history"]) == 12 and not checkpoint.state["stopped"]
-
-
-class RawWeights(keras.callbacks.Callback):
-    """The weights in training after every step (SwapEMAWeights swaps only at an epoch's end)."""
-    def on_train_begin(self, logs=None):
-        self.steps = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps.append([w.numpy() for w in self.model.trainable_weights])
 
 
 MOMENTUM, STEPS_PER_EPOCH = 0.8, 4

@@ -18,7 +18,7 @@ import data
 import model
 import presets
 import train
-from conftest import ROOT, latest_checkpoint, learnable_images
+from conftest import ROOT, RawWeights, latest_checkpoint, learnable_images
 
 
 def test_focal_loss_matches_a_hand_computation():
@@ -380,22 +380,16 @@ def test_weight_averaging_holds_the_rate_then_its_average_is_the_mean_of_every_s
     assert seed["phase1_average_from"] is None and seed["phase2_average_from"] == (presets.PRESETS["seed"]["phase2_epochs"] - 2) * steps
     assert float(seed["phase2_rate"](steps)) > float(seed["phase2_rate"](5 * steps))  # no restarts while averaging
 
-    class Steps(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.weights = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.weights.append([w.numpy() for w in self.model.trainable_weights])
     network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="softmax")])
     train.compile_network(network, 1e-2, presets.PRESETS["tiny"], [1.0] * 8, average_from=3)
     rng = np.random.default_rng(0)
-    seen = Steps()
+    seen = RawWeights()
     network.fit(rng.normal(size=(48, 4)), np.eye(8)[rng.integers(0, 8, 48)], batch_size=8, callbacks=[seen], verbose=0)
-    assert len(seen.weights) == 6
+    assert len(seen.steps) == 6
     for k, average in enumerate(network.optimizer._model_variables_moving_average):
-        expected = np.mean([weights[k] for weights in seen.weights[3:]], axis=0)  # steps 3, 4 and 5, alike
+        expected = np.mean([weights[k] for weights in seen.steps[3:]], axis=0)  # steps 3, 4 and 5, alike
         np.testing.assert_allclose(average.numpy(), expected, rtol=1e-5, atol=1e-7)
-        assert not np.allclose(expected, seen.weights[-1][k], rtol=1e-3)
+        assert not np.allclose(expected, seen.steps[-1][k], rtol=1e-3)
 
 
 def test_batchnorm_refresh_gives_the_mean_statistics_of_one_pass_and_spares_frozen_layers():
